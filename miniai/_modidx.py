@@ -23,4 +23,7 @@ d = { 'settings': { 'branch': 'main',
                               'miniai.mnist.is_offline': ('getting_data.html#is_offline', 'miniai/mnist.py'),
                               'miniai.mnist.load_mnist': ('getting_data.html#load_mnist', 'miniai/mnist.py'),
                               'miniai.mnist.mnist_path': ('getting_data.html#mnist_path', 'miniai/mnist.py'),
-                              'miniai.mnist.write_mnist_sample': ('getting_data.html#write_mnist_sample', 'miniai/mnist.py')}}}
+                              'miniai.mnist.write_mnist_sample': ('getting_data.html#write_mnist_sample', 'miniai/mnist.py')},
+            'miniai.tensors': { 'miniai.tensors._as_image': ('tensors.html#_as_image', 'miniai/tensors.py'),
+                                'miniai.tensors.show_image': ('tensors.html#show_image', 'miniai/tensors.py'),
+                                'miniai.tensors.show_images': ('tensors.html#show_images', 'miniai/tensors.py')}}}
