@@ -6,7 +6,7 @@
 __all__ = ['SLOW_RUNGS', 'FAST_RUNGS', 'SQUARE_KERNELS', 'time_interleaved', 'set_threads', 'check_close', 'format_table',
            'ladder_table', 'square_table', 'rng_table', 'machine_summary', 'plot_square', 'main']
 
-# %% ../nbs/01i_benchmark.ipynb #83172ff3
+# %% ../nbs/01i_benchmark.ipynb #6dcb6109
 import argparse, platform, time
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from . import matmul as mm, fastmatmul as fm
 from .rng import WichmannHill
 from .fastrng import WichmannHillStreams
 
-# %% ../nbs/01i_benchmark.ipynb #fa868c87
+# %% ../nbs/01i_benchmark.ipynb #1e7f0e1e
 def time_interleaved(fns:dict, # name -> function of no arguments
                      repeats:int=5, # timed rounds; each round calls every function once
                      warmup:int=1, # untimed rounds first
@@ -29,21 +29,21 @@ def time_interleaved(fns:dict, # name -> function of no arguments
             if round_ >= warmup: times[name].append(elapsed)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
-# %% ../nbs/01i_benchmark.ipynb #722ce7bf
+# %% ../nbs/01i_benchmark.ipynb #c4f735b0
 def set_threads(n:int):
     "Use `n` threads in torch, numba and NumPy's BLAS; returns the threadpoolctl limiter (keep it alive)."
     torch.set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return threadpool_limits(n)
 
-# %% ../nbs/01i_benchmark.ipynb #c4f735b0
+# %% ../nbs/01i_benchmark.ipynb #b1c5ab0f
 def check_close(result, expected, k:int):
     "Raise `AssertionError` unless `result` equals `expected` within float32 rounding for sums of `k` products."
     result, expected = torch.as_tensor(result, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
     err = (result - expected).abs().max().item()
     if err > 1e-5 * k * max(1.0, expected.abs().max().item()): raise AssertionError(f'result differs from torch by {err:.3g}')
 
-# %% ../nbs/01i_benchmark.ipynb #4977c788
+# %% ../nbs/01i_benchmark.ipynb #5349ba18
 def format_table(title:str, headers:list, rows:list)->str:
     "A plain-text table: `title`, then `headers` and `rows` in aligned columns (numbers right-aligned)."
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
@@ -51,7 +51,7 @@ def format_table(title:str, headers:list, rows:list)->str:
     def line(r): return '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return '\n'.join([title, line(cells[0]), '  '.join('-' * w for w in widths)] + [line(r) for r in cells[1:]])
 
-# %% ../nbs/01i_benchmark.ipynb #54bfcc11
+# %% ../nbs/01i_benchmark.ipynb #3b5d5a55
 SLOW_RUNGS = [mm.matmul_loops, mm.matmul_numba, mm.matmul_elementwise, mm.matmul_dot, mm.matmul_grid, mm.matmul_cuda]
 FAST_RUNGS = [mm.matmul_bcast, mm.matmul_einsum, fm.matmul_ikj_numba, fm.matmul_blocked_numba, fm.matmul_packed_numba,
               fm.matmul_tiled_numba, fm.matmul_parallel_numba]
@@ -75,7 +75,7 @@ def ladder_table(big_rows:int=50_000, repeats:int=5)->str:
     return format_table(f'1. The matmul ladder (threads: {torch.get_num_threads()})',
                         ['implementation', 'shape', 'median ms', 'speed-up vs loops', 'GFLOP/s', 'ratio to torch'], rows)
 
-# %% ../nbs/01i_benchmark.ipynb #095859c8
+# %% ../nbs/01i_benchmark.ipynb #6244fd1c
 SQUARE_KERNELS = [fm.matmul_ijk_numba, fm.matmul_ikj_numba, fm.matmul_blocked_numba, fm.matmul_packed_numba,
                   fm.matmul_tiled_numba, fm.matmul_parallel_numba]
 
@@ -102,7 +102,7 @@ def square_table(sizes=(512, 1024, 2048), # matrix sizes n (n x n @ n x n)
             rows += [[n, t, name, f'{g:.1f}', f'{g / speeds["torch"]:.2f}'] for name, g in speeds.items()]
     return format_table('2. Square float32 matmul', ['n', 'threads', 'implementation', 'GFLOP/s', 'ratio to torch'], rows), results
 
-# %% ../nbs/01i_benchmark.ipynb #7d283278
+# %% ../nbs/01i_benchmark.ipynb #53967a68
 def rng_table(n:int=1_000_000, repeats:int=5)->str:
     "Table 3: numbers per second for `n` float32 numbers from pure-Python Wichmann-Hill, `WichmannHillStreams`, `torch.rand`."
     gen, streams = WichmannHill(42), WichmannHillStreams.from_seed(42)
@@ -114,7 +114,7 @@ def rng_table(n:int=1_000_000, repeats:int=5)->str:
     rows = [[name, f'{n / t / 1e6:,.1f}', f'{times["torch.rand"] / t:.3f}'] for name, t in times.items()]
     return format_table(f'3. Random numbers: {n:,} float32 (threads: {torch.get_num_threads()})', ['generator', 'million/s', 'ratio to torch'], rows)
 
-# %% ../nbs/01i_benchmark.ipynb #747c9b58
+# %% ../nbs/01i_benchmark.ipynb #9e971e5f
 def machine_summary()->str:
     "One line per library: versions and thread settings, so a table can be read in context."
     blas = ', '.join(f"{i['internal_api']} {i['version']} ({i.get('architecture') or 'default'} kernel)"
