@@ -1,16 +1,49 @@
-"Every exported function and class carries a docstring, so the docs site never shows a bare signature."
-import importlib, inspect, pkgutil
+"""Every lesson's module exists with a summary line, and every export carries a docstring and is shown in its
+lesson with `show_doc`, so the docs site never shows a bare signature or leaves a name out."""
+import ast, importlib, inspect, json, re
+from pathlib import Path
 import pytest
-import miniai
 
-MODULES = [m.name for m in pkgutil.iter_modules(miniai.__path__) if not m.name.startswith('_')]
+NBS = Path(__file__).resolve().parent.parent/'nbs'
 
-@pytest.mark.parametrize('name', MODULES)
-def test_exports_have_docstrings(name):
+def notebook_sources(path):
+    "The code cells of the notebook at `path`, as strings."
+    return [''.join(c['source']) for c in json.loads(path.read_text(encoding='utf-8'))['cells'] if c['cell_type'] == 'code']
+
+def default_exp(path):
+    "The module named by the notebook's `#| default_exp` line, or None."
+    for src in notebook_sources(path):
+        if m := re.search(r'^#\s*\|\s*default_exp\s+(\S+)', src, re.M): return m.group(1)
+
+LESSONS = {nb.stem: mod for nb in sorted(NBS.glob('*.ipynb')) if (mod := default_exp(nb))}
+
+def test_lessons_are_found():
+    assert len(LESSONS) >= 12, f'expected a module from each lesson, found {LESSONS}'
+    assert len(set(LESSONS.values())) == len(LESSONS), f'two notebooks export to one module: {LESSONS}'
+
+@pytest.mark.parametrize('nb,name', LESSONS.items())
+def test_exports_have_docstrings(nb, name):
     module = importlib.import_module(f'miniai.{name}')
-    assert module.__doc__, f'miniai.{name} has no module docstring (the notebook summary line)'
+    assert module.__doc__, f'miniai.{name} has no module docstring (the `>` summary under {nb}\'s title)'
     missing = [n for n in module.__all__ if callable(obj := getattr(module, n)) and not (inspect.getdoc(obj) or '').strip()]
     assert not missing, f'miniai.{name}: exported without a docstring: {missing}'
 
-def test_every_lesson_module_is_listed():
-    assert {'mnist', 'iterators', 'matrix', 'tensors', 'rng', 'matmul', 'fastmatmul', 'fastrng', 'bench', 'meanshift', 'backprop', 'training'} <= set(MODULES)
+def shown_names(srcs):
+    "Names passed to `show_doc(...)` in the notebook's code cells."
+    names = set()
+    for src in srcs:
+        code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+        try: tree = ast.parse(code)
+        except SyntaxError: continue
+        names |= {ast.unparse(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call)
+                  and getattr(n.func, 'id', None) == 'show_doc' and n.args}
+    return names
+
+@pytest.mark.parametrize('nb,name', LESSONS.items())
+def test_exports_are_shown_in_their_lesson(nb, name):
+    "Each exported function and class appears in a `show_doc` call of its notebook (the lesson's 'what we built')."
+    module = importlib.import_module(f'miniai.{name}')
+    shown = shown_names(notebook_sources(NBS/f'{nb}.ipynb'))
+    missing = [n for n in module.__all__ if (inspect.isfunction(obj := getattr(module, n)) or inspect.isclass(obj))
+               and getattr(obj, '__module__', None) == module.__name__ and n not in shown]
+    assert not missing, f'{nb}: exports never shown with show_doc: {missing}'
