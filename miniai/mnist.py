@@ -124,7 +124,7 @@ def write_mnist_sample(dest)->Path:
 # %% ../nbs/01a_getting_data.ipynb #214f4a68
 def mnist_path(folder=None, # where to keep the files (default: `data_dir()`)
               )->Path:
-    "Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, with a warning."
+    "Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, saying so in one line."
     folder = Path(folder) if folder else data_dir()
     full = folder/'mnist.pkl.gz'
     if not is_offline():
@@ -133,9 +133,9 @@ def mnist_path(folder=None, # where to keep the files (default: `data_dir()`)
     elif full.exists() and file_mismatch(full, MNIST_SIZE, MNIST_MD5) is None: return full
     else: reason = 'MINIAI_OFFLINE is set'
     sample = write_mnist_sample(folder/'mnist_sample.pkl.gz')
-    warnings.warn(f'Using the MNIST sample bundled with miniai ({sample}: 4,000/500/500 real digits) instead of the '
-                  f'full 50,000/10,000/10,000, because {reason}. To get the full set, run this online with '
-                  f'MINIAI_OFFLINE unset, or save {MNIST_URL} as {full}.', stacklevel=2)
+    print(f'Using the MNIST sample bundled with miniai (4,000/500/500 real digits, not the full 50,000/10,000/10,000) '
+          f'because {reason}. For the full set, run online with MINIAI_OFFLINE unset, or save {MNIST_URL} '
+          'as mnist.pkl.gz in the data folder.')
     return sample
 
 # %% ../nbs/01a_getting_data.ipynb #5c56da26

@@ -1,5 +1,5 @@
 "`download` and the MNIST loader against a real HTTP server on 127.0.0.1 (no internet)."
-import hashlib, threading, warnings
+import hashlib, re, threading, warnings
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
@@ -88,18 +88,25 @@ def check_sample(path):
     assert np.bincount(np.concatenate([yt, yv, ys])).tolist() == [500] * 10
     assert not (np.diff(yt) >= 0).all()   # shuffled, not sorted by label
 
-def test_offline_switch_uses_sample(tmp_path, monkeypatch):
+def one_plain_line(capsys, pattern, folder):
+    "What `mnist_path` printed is one line matching `pattern`, naming no path of this machine."
+    out = capsys.readouterr().out
+    assert out.count('\n') == 1 and re.search(pattern, out), out
+    assert str(folder) not in out and '.py:' not in out, out
+
+def test_offline_switch_uses_sample(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('MINIAI_OFFLINE', '1')
     monkeypatch.setattr(mn, 'MNIST_URL', 'http://127.0.0.1:9/never-asked')
-    with pytest.warns(UserWarning, match=r'MNIST sample bundled with miniai .*because MINIAI_OFFLINE is set.*full set'):
-        path = mnist_path(tmp_path)
+    with warnings.catch_warnings(): warnings.simplefilter('error'); path = mnist_path(tmp_path)
+    one_plain_line(capsys, r'MNIST sample bundled with miniai \(4,000/500/500 real digits.*because MINIAI_OFFLINE is set.*full set', tmp_path)
     assert path.name == 'mnist_sample.pkl.gz' and names(tmp_path) == ['mnist_sample.pkl.gz']
     check_sample(path)
 
-def test_failed_download_falls_back_to_sample(server, tmp_path, monkeypatch):
+def test_failed_download_falls_back_to_sample(server, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv('MINIAI_OFFLINE', raising=False)
     monkeypatch.setattr(mn, 'MNIST_URL', f'{server.url}/missing')
-    with pytest.warns(UserWarning, match='because .*answered HTTP 404'): path = mnist_path(tmp_path)
+    path = mnist_path(tmp_path)
+    one_plain_line(capsys, 'because .*answered HTTP 404', tmp_path)
     assert server.hits['/missing'] == 1 and names(tmp_path) == ['mnist_sample.pkl.gz']
     check_sample(path)
 
