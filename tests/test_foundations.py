@@ -1,6 +1,6 @@
 "Property tests for lessons 01b-01e: chunks, Matrix, the Wichmann-Hill generator."
 import os, re
-import pytest, torch
+import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st
 from miniai.iterators import chunks, ichunks
 from miniai.matrix import Matrix
@@ -24,9 +24,15 @@ def test_ichunks_match_chunks_on_any_iterable(xs, size):
     assert list(ichunks(iter(xs), size)) == list(chunks(xs, size))
 
 @pytest.mark.parametrize('f', [chunks, ichunks])
-@pytest.mark.parametrize('size', [0, -3, 2.5])
-def test_bad_chunk_size(f, size):
-    with pytest.raises(ValueError, match=f'positive integer, got {size}'): list(f([1, 2, 3], size))
+@pytest.mark.parametrize('size', [0, -3, 2.5, True, '2', None, np.int64(0)])
+def test_bad_chunk_size_fails_at_the_call(f, size):
+    "The error comes from the call itself, not from the first `next` (or never, as `range` with a negative step would)."
+    with pytest.raises(ValueError, match=re.escape(f'positive integer, got {size!r}')): f([1, 2, 3], size)
+
+@pytest.mark.parametrize('f', [chunks, ichunks])
+@given(xs=st.lists(st.integers()), size=st.sampled_from([np.int8, np.int32, np.int64, np.uint16, int]).flatmap(lambda t: sizes.map(t)))
+def test_numpy_integer_sizes(f, xs, size):
+    assert [list(c) for c in f(xs, size)] == [xs[i:i + int(size)] for i in range(0, len(xs), int(size))]
 
 @given(st.integers(1, 6), st.integers(1, 6), st.data())
 def test_matrix_indexes_like_a_tensor(rows, cols, data):
