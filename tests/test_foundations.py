@@ -43,6 +43,19 @@ def test_matrix_indexes_like_a_tensor(rows, cols, data):
     assert m[i, j] == t[i, j].item()
     with pytest.raises(IndexError, match=re.escape(f'out of range for a Matrix of shape {m.shape}')): m[rows, 0]
 
+@given(st.integers(1, 6), st.integers(1, 6), st.data())
+def test_matrix_takes_any_integer_index(rows, cols, data):
+    "NumPy integers and 0-d integer tensors index a Matrix as they index a tensor or a list."
+    xs = data.draw(st.lists(st.lists(st.integers(-9, 9), min_size=cols, max_size=cols), min_size=rows, max_size=rows))
+    m, t = Matrix(xs), torch.tensor(xs)
+    kind = data.draw(st.sampled_from([np.int64, np.int32, np.uint8, torch.tensor]))
+    i, j = data.draw(st.integers(0, rows - 1)), data.draw(st.integers(0, cols - 1))
+    assert m[kind(i), kind(j)] == t[kind(i), kind(j)].item() == xs[i][j]
+
+@pytest.mark.parametrize('idx', [(True, 0), (0, False), (1.0, 0), (0, slice(0, 1)), 0, (0, 0, 0), (np.float64(1), 0)])
+def test_matrix_rejects_non_integer_indices(idx):
+    with pytest.raises(TypeError, match=r'two integers, as m\[i, j\]'): Matrix([[1, 2], [3, 4]])[idx]
+
 def test_matrix_rejects_ragged_rows():
     with pytest.raises(ValueError, match=r'same length; got lengths \[1, 2\]'): Matrix([[1, 2], [3]])
 
