@@ -1,5 +1,5 @@
 "Property tests for lessons 01b-01e: chunks, Matrix, the Wichmann-Hill generator."
-import os, re
+import os, re, signal
 import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st
 from miniai.iterators import chunks, ichunks
@@ -105,6 +105,37 @@ def test_explicit_generator_is_copied_by_fork():
 def test_run_in_child_reports_failures():
     with pytest.raises(RuntimeError, match='ZeroDivisionError'): run_in_child(lambda: 1 / 0)
 
-@pytest.mark.parametrize('bad', [-1, 1.5, '3', True])
+def no_children_left():
+    "True if this process has no child processes, finished (zombie) or running."
+    try: os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError: return True
+    return False
+
+def exits_3(): os._exit(3)
+def killed(): os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
+@pytest.mark.parametrize('f,msg', [(lambda: 1 / 0, r'f\(\) failed in the child process: ZeroDivisionError: division by zero'),
+                                   (lambda: (lambda: 0), "returned a function that can't be pickled"),
+                                   (lambda: __import__('sys').exit(5), 'SystemExit: 5'),
+                                   (exits_3, 'exited with code 3 without sending a result'),
+                                   (killed, r'killed by signal 9 \(SIGKILL\) without sending a result')])
+def test_run_in_child_reports_the_failure_and_reaps_the_child(f, msg):
+    assert no_children_left()
+    with pytest.raises(RuntimeError, match=msg): run_in_child(f)
+    assert no_children_left()
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
+def test_run_in_child_returns_large_results():
+    "A result bigger than a pipe's buffer (64 KiB on Linux) arrives whole, with no deadlock."
+    assert run_in_child(lambda: bytes(range(256)) * 4096) == bytes(range(256)) * 4096
+    assert no_children_left()
+
+@pytest.mark.parametrize('bad', [-1, 1.5, '3', True, np.float64(2), np.int64(-1)])
 def test_bad_seed(bad):
     with pytest.raises(ValueError, match='non-negative integer'): WichmannHill(bad)
+
+@given(st.integers(0, 2**63 - 1))
+@settings(max_examples=30)
+def test_numpy_integer_seeds_equal_python_ones(a):
+    assert WichmannHill(np.int64(a)).state == WichmannHill(a).state
