@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['data_dir', 'is_offline', 'file_md5', 'file_mismatch', 'DownloadError', 'atomic_write', 'download']
 
-# %% ../nbs/01a_getting_data.ipynb #ae32da5b
+# %% ../nbs/01a_getting_data.ipynb #746ca268
 import hashlib, os, secrets, time
 from contextlib import contextmanager
 from http.client import HTTPException
@@ -13,14 +13,14 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
-# %% ../nbs/01a_getting_data.ipynb #6ff31339
+# %% ../nbs/01a_getting_data.ipynb #10996d9e
 def data_dir()->Path:
     "The folder miniai keeps data in: `$MINIAI_DATA` if set, else `data` (created if missing)."
     path = Path(os.environ.get('MINIAI_DATA') or 'data')
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/01a_getting_data.ipynb #58c0f442
+# %% ../nbs/01a_getting_data.ipynb #903f5e5c
 _ON, _OFF = ('1', 'true', 'yes', 'on'), ('', '0', 'false', 'no', 'off')
 
 def is_offline()->bool:
@@ -31,7 +31,7 @@ def is_offline()->bool:
     raise ValueError(f'MINIAI_OFFLINE={value!r} is not understood: use 1, true, yes or on to work offline, '
                      'and 0, false, no, off or nothing to allow downloads')
 
-# %% ../nbs/01a_getting_data.ipynb #e92a39b2
+# %% ../nbs/01a_getting_data.ipynb #d0d29f4d
 def file_md5(path)->str:
     "MD5 hex digest of the file at `path`, read in 1 MB blocks."
     md5 = hashlib.md5()
@@ -39,7 +39,7 @@ def file_md5(path)->str:
         while block := f.read(2**20): md5.update(block)
     return md5.hexdigest()
 
-# %% ../nbs/01a_getting_data.ipynb #22ef45b4
+# %% ../nbs/01a_getting_data.ipynb #bc21c744
 def file_mismatch(path, # file to check
                   size:int=None, # expected size in bytes (None: don't check)
                   md5:str=None, # expected MD5 hex digest (None: don't check)
@@ -51,22 +51,24 @@ def file_mismatch(path, # file to check
     if size is not None and got != size: return f'expected {size:,} bytes, got {got:,}'
     if md5 is not None and (got_md5 := file_md5(path)) != md5: return f'expected MD5 {md5}, got {got_md5}'
 
-# %% ../nbs/01a_getting_data.ipynb #ab4194de
+# %% ../nbs/01a_getting_data.ipynb #020f4c1f
 class DownloadError(Exception):
     "A download failed or gave the wrong file; the message says which URL, what went wrong and what to do."
 
-# %% ../nbs/01a_getting_data.ipynb #50893f65
+# %% ../nbs/01a_getting_data.ipynb #997510b9
 @contextmanager
 def atomic_write(dest):
     "Open a temporary file beside `dest` for binary writing; it becomes `dest` only if the `with` block succeeds."
     dest = Path(dest)
+    if dest.is_dir(): raise IsADirectoryError(f'{dest} is a folder: give the name of the file to create')
+    if not dest.parent.is_dir(): raise FileNotFoundError(f'there is no folder {dest.parent} to create {dest.name} in')
     tmp = dest.with_name(f'.{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part')
     try:
         with open(tmp, 'xb') as f: yield f
         tmp.replace(dest)
     finally: tmp.unlink(missing_ok=True)
 
-# %% ../nbs/01a_getting_data.ipynb #21d84b18
+# %% ../nbs/01a_getting_data.ipynb #72404423
 def _content_length(url, response)->int|None:
     "The body size the server announced, None when it announced none; `DownloadError` when it isn't a size."
     value = response.headers.get('Content-Length')
@@ -107,7 +109,7 @@ def _copy_response(url, f, timeout, progress, deadline):
     if total is not None and got != total:
         raise DownloadError(f'download of {url} broke off after {got:,} of {total:,} bytes: run it again to retry')
 
-# %% ../nbs/01a_getting_data.ipynb #7209e532
+# %% ../nbs/01a_getting_data.ipynb #bed968fd
 def download(url:str, # address to fetch (http://, https:// or file://)
              dest, # file to create; its folder must exist
              size:int=None, # expected size in bytes, checked before `dest` is written
@@ -119,7 +121,7 @@ def download(url:str, # address to fetch (http://, https:// or file://)
     "Fetch `url` into `dest` unless a verified copy is there; `dest` only ever appears complete and checked."
     if not (timeout > 0 and deadline > 0): raise ValueError(f'timeout and deadline must be positive seconds, got {timeout} and {deadline}')
     dest = Path(dest)
-    if dest.exists():
+    if dest.is_file():
         if (problem := file_mismatch(dest, size, md5)) is None: return dest
         print(f'{dest.name} is not the expected file ({problem}): downloading it again')
     with atomic_write(dest) as f:

@@ -118,6 +118,13 @@ def test_atomic_write_keeps_nothing_on_error(tmp_path):
         with atomic_write(tmp_path/'f.bin') as f: f.write(b'half'); 1/0
     assert names(tmp_path) == []
 
+def test_destination_must_be_a_file_in_a_folder(tmp_path):
+    "Clear errors instead of a failure to open a hidden temporary name, or a rename onto a folder."
+    with pytest.raises(FileNotFoundError, match=r'there is no folder .*nowhere to create f.bin in'):
+        download('http://127.0.0.1:9/never-asked', tmp_path/'nowhere'/'f.bin')
+    with pytest.raises(IsADirectoryError, match='is a folder'): download('http://127.0.0.1:9/never-asked', tmp_path)
+    assert names(tmp_path) == []
+
 def test_file_mismatch(tmp_path):
     (tmp_path/'f.bin').write_bytes(PAYLOAD)
     assert file_mismatch(tmp_path/'f.bin', len(PAYLOAD), MD5) is None
