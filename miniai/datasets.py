@@ -14,7 +14,7 @@ import torch
 from .fashion import load_fashion
 from .training import get_dls
 
-# %% ../nbs/05b_datasets.ipynb #259bc147
+# %% ../nbs/05b_datasets.ipynb #8a6a8b10
 class DictDataset:
     "Columns of equal length read as rows: `ds[i]` is a dict of one value per column, `ds[[i, j]]` a batch of them."
     def __init__(self, columns:dict, # column name -> tensor, array or list; all of one length
@@ -32,8 +32,9 @@ class DictDataset:
                  for name, col in self.columns.items()}
         return batch if self.transform is None else self.transform(batch)
     def __getitem__(self, i):
+        if isinstance(i, (torch.Tensor, np.ndarray)): i = i.tolist()
         if isinstance(i, slice): i = range(len(self))[i]
-        if isinstance(i, (Sequence, torch.Tensor, np.ndarray)) and not isinstance(i, str): return self._batch(list(i))
+        if isinstance(i, (list, tuple, range)): return self._batch(list(i))
         i = operator.index(i)
         if not -len(self) <= i < len(self): raise IndexError(f'row {i} is out of range for a dataset of {len(self):,} rows')
         return {name: v[0] for name, v in self._batch([i]).items()}

@@ -6,14 +6,14 @@
 __all__ = ['IDX_TYPES', 'FASHION_CLASSES', 'FASHION_URLS', 'FASHION_FILES', 'FASHION_SYSTEM_DIR', 'write_idx', 'idx_header',
            'read_idx_py', 'read_idx', 'read_idx_pair', 'write_fashion_sample', 'fashion_paths', 'load_fashion']
 
-# %% ../nbs/05a_fashion.ipynb #ada57f2b
+# %% ../nbs/05a_fashion.ipynb #2d53dd50
 import gzip, hashlib, struct, zlib
 from importlib.resources import files
 from math import prod
 from pathlib import Path
 import numpy as np
 import torch
-from .mnist import DownloadError, atomic_write, data_dir, download, is_offline
+from .download import DownloadError, atomic_write, data_dir, download, is_offline
 
 # %% ../nbs/05a_fashion.ipynb #eca81995
 IDX_TYPES = {0x08: 'B', 0x09: 'b', 0x0B: 'h', 0x0C: 'i', 0x0D: 'f', 0x0E: 'd'}  # type code -> struct format: uint8, int8, int16, int32, float32, float64
@@ -55,10 +55,10 @@ def idx_header(data:bytes, # the bytes of an IDX file, decompressed
                          f'of type 0x{code:02X} takes {size:,} bytes with its header, the file has {len(data):,}')
     return code, dims, start
 
-# %% ../nbs/05a_fashion.ipynb #e30aa929
+# %% ../nbs/05a_fashion.ipynb #cf6183f4
 def _read_bytes(src)->bytes:
     "The bytes of an IDX file: `src` itself if it is bytes, else the file at path `src`, decompressed if it is gzipped."
-    if isinstance(src, (bytes, bytearray, memoryview)): return bytes(src)
+    if isinstance(src, (bytes, bytearray, memoryview)): return src
     path = Path(src)
     data = path.read_bytes()
     if data[:2] != b'\x1f\x8b': return data
@@ -66,7 +66,13 @@ def _read_bytes(src)->bytes:
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise ValueError(f'{path.name} is a damaged gzip file ({e}): delete it and get it again') from e
 
-def _name(src)->str: return 'IDX data' if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).name
+class _Named(bytes):
+    "The bytes of a file, with the file's name for error messages."
+
+def _name(src)->str:
+    "What to call `src` in error messages: its file name, or 'IDX data' for anonymous bytes."
+    if isinstance(src, (bytes, bytearray, memoryview)): return getattr(src, 'name', 'IDX data')
+    return Path(src).name
 
 # %% ../nbs/05a_fashion.ipynb #886ef889
 def read_idx_py(src, # path of an IDX file (gzipped or not), or its bytes
@@ -113,15 +119,16 @@ FASHION_FILES = {
 }
 FASHION_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where Debian's and Ubuntu's `dataset-fashion-mnist` puts them
 
-# %% ../nbs/05a_fashion.ipynb #1ee5b593
+# %% ../nbs/05a_fashion.ipynb #6439db5b
 def _verified(folder:Path)->dict|None:
     "The decompressed bytes of the four files in `folder`, if all are there and have the official MD5s, else None."
     data = {}
     for name, (fname, _, _, raw_md5) in FASHION_FILES.items():
         path = Path(folder)/fname
         if not path.is_file(): return None
-        try: data[name] = _read_bytes(path)
+        try: data[name] = _Named(_read_bytes(path))
         except ValueError: return None
+        data[name].name = fname
         if hashlib.md5(data[name]).hexdigest() != raw_md5: return None
     return data
 

@@ -20,3 +20,29 @@ def batch_shapes(draw, min_batch=1, max_dims=4):
     "A tensor shape [batch, channels, *spatial] with 0-2 spatial dimensions, each size 1-6 (batch at least `min_batch`)."
     n_spatial = draw(st.integers(0, max_dims - 2))
     return (draw(st.integers(min_batch, 6)), draw(st.integers(1, 5)), *[draw(st.integers(1, 6)) for _ in range(n_spatial)])
+
+IDX_DTYPES = ('uint8', 'int8', 'int16', 'int32', 'float32', 'float64')
+
+@st.composite
+def idx_arrays(draw, max_dims=3):
+    "A NumPy array of a type the IDX format stores, 0 to `max_dims` dimensions of size 0-5, no NaNs."
+    dtype = draw(st.sampled_from(IDX_DTYPES))
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=max_dims)))
+    elements = st.floats(allow_nan=False, width=32 if dtype == 'float32' else 64) if dtype.startswith('float') else None
+    return draw(arrays(dtype, shape, elements=elements))
+
+_leaf = st.sampled_from([('int',), ('float',)]) | st.tuples(st.just('tensor'), st.lists(st.integers(1, 4), max_size=3).map(tuple))
+row_structures = st.recursive(_leaf, lambda kids: st.tuples(st.just('dict'), st.dictionaries(st.text('abcxyz', min_size=1, max_size=3), kids, min_size=1, max_size=3))
+                                                  | st.tuples(st.just('tuple'), st.lists(kids, min_size=1, max_size=3)), max_leaves=6)
+
+@st.composite
+def collatable_rows(draw, min_rows=1, max_rows=5):
+    "Rows that collate: `min_rows` to `max_rows` of one random structure of dicts and tuples of tensors, ints and floats."
+    structure = draw(row_structures)
+    def fill(s):
+        if s[0] == 'int': return draw(st.integers(-1000, 1000))
+        if s[0] == 'float': return draw(small_floats)
+        if s[0] == 'tensor': return torch.from_numpy(draw(arrays('float32', s[1], elements=small_floats)))
+        if s[0] == 'dict': return {k: fill(v) for k, v in s[1].items()}
+        return tuple(fill(v) for v in s[1])
+    return [fill(structure) for _ in range(draw(st.integers(min_rows, max_rows)))]
