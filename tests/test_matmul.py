@@ -1,5 +1,5 @@
 "Every matmul rung equals torch.matmul, on random shapes and layouts."
-import pytest, torch
+import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st
 from strategies import matmul_pairs
 from miniai import matmul as mm, fastmatmul as fm
@@ -38,6 +38,40 @@ def test_mismatch_names_both_shapes(rung, m, k, n, extra):
 @pytest.mark.parametrize('rung', RUNGS, ids=lambda f: f.__name__)
 def test_not_matrices(rung):
     with pytest.raises(ValueError, match=r'two matrices \(2-D\); got shapes \(3,\) and \(3, 2\)'): rung(torch.randn(3), torch.randn(3, 2))
+
+@pytest.mark.parametrize('rung', RUNGS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize('dtype', [torch.bool, torch.complex64, torch.complex128])
+def test_bool_and_complex_are_refused(rung, dtype):
+    "torch.matmul refuses bool; compiled rungs would drop an imaginary part silently, so both are clear errors."
+    a, b = torch.ones(2, 3, dtype=dtype), torch.ones(3, 2)
+    with pytest.raises(TypeError, match=f'real numbers; got {dtype}'): rung(a, b)
+    with pytest.raises(TypeError, match=f'real numbers; got {dtype}'): rung(b.T, a.T)
+
+@pytest.mark.parametrize('block', [(16, 16), (8, 4), (1, 1), (32, 32), 64, (64,), (1024, 1), np.int64(7), (np.int32(3), 5)], ids=str)
+def test_cuda_block_shapes(block):
+    "Any block shape a GPU accepts gives the right product, 1-D ones included (a column of threads)."
+    a, b = torch.randn(37, 5), torch.randn(5, 19)
+    assert_matmul(mm.matmul_cuda(a, b, threads_per_block=block), a, b)
+
+@pytest.mark.parametrize('block,msg', [((0, 0), 'positive integers, got \\(0, 0\\)'), ((16, 0), 'positive integers'), (0, 'positive integers, got 0'),
+                                       ((4, 4, 4), 'one or two'), ((), 'one or two'), ((2.0, 2), 'positive integers'), ((True, 4), 'positive integers'),
+                                       ('16', 'positive integers'), ((64, 32), '2048 threads is more than the 1024'), (1025, '1025 x 1 = 1025 threads')])
+def test_cuda_bad_block_shapes(block, msg):
+    with pytest.raises(ValueError, match=msg): mm.matmul_cuda(torch.randn(3, 4), torch.randn(4, 2), threads_per_block=block)
+
+@pytest.mark.skipif(mm.cuda.is_available(), reason='a GPU is present')
+def test_cuda_without_a_gpu():
+    "Without a GPU the simulator runs the kernel, and asking for the GPU says there is none."
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    assert_matmul(mm.matmul_cuda(a, b, simulate=True), a, b)
+    with pytest.raises(RuntimeError, match='no CUDA GPU'): mm.matmul_cuda(a, b, simulate=False)
+
+def test_importing_matmul_switches_nothing_process_wide():
+    "No environment variable is set on import: numba's CUDA simulator stays an explicit choice."
+    import subprocess, sys
+    code = "import os, miniai.matmul, miniai.fastmatmul; print(os.environ.get('NUMBA_ENABLE_CUDASIM'))"
+    env = {k: v for k, v in __import__('os').environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, check=True).stdout.strip() == 'None'
 
 def test_launch_kernel_visits_every_position_once():
     seen = []
