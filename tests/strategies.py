@@ -46,3 +46,6 @@ def collatable_rows(draw, min_rows=1, max_rows=5):
         if s[0] == 'dict': return {k: fill(v) for k, v in s[1].items()}
         return tuple(fill(v) for v in s[1])
     return [fill(structure) for _ in range(draw(st.integers(min_rows, max_rows)))]
+
+# CUDA block shapes a GPU accepts (at most 1024 threads): one number (a column of threads) or (rows, cols)
+cuda_blocks = st.one_of(st.integers(1, 64), st.tuples(st.integers(1, 32), st.integers(1, 32)))

@@ -1,7 +1,7 @@
 "Every matmul rung equals torch.matmul, on random shapes and layouts."
 import numpy as np, pytest, torch
 from hypothesis import given, settings, strategies as st
-from strategies import matmul_pairs
+from strategies import matmul_pairs, cuda_blocks
 from miniai import matmul as mm, fastmatmul as fm
 
 RUNGS = [mm.matmul_loops, mm.matmul_numba, mm.matmul_elementwise, mm.matmul_dot, mm.matmul_bcast, mm.matmul_einsum, mm.matmul_grid, mm.matmul_cuda,
@@ -51,6 +51,13 @@ def test_bool_and_complex_are_refused(rung, dtype):
 def test_cuda_block_shapes(block):
     "Any block shape a GPU accepts gives the right product, 1-D ones included (a column of threads)."
     a, b = torch.randn(37, 5), torch.randn(5, 19)
+    assert_matmul(mm.matmul_cuda(a, b, threads_per_block=block), a, b)
+
+@settings(max_examples=25, deadline=None)
+@given(pair=matmul_pairs(), block=cuda_blocks)
+def test_cuda_any_block_shape_equals_torch(pair, block):
+    "Blocks that overhang the matrix, or don't cover it in one block, still give exactly one thread per element."
+    a, b = pair
     assert_matmul(mm.matmul_cuda(a, b, threads_per_block=block), a, b)
 
 @pytest.mark.parametrize('block,msg', [((0, 0), 'positive integers, got \\(0, 0\\)'), ((16, 0), 'positive integers'), (0, 'positive integers, got 0'),
