@@ -21,6 +21,19 @@ def batch_shapes(draw, min_batch=1, max_dims=4):
     n_spatial = draw(st.integers(0, max_dims - 2))
     return (draw(st.integers(min_batch, 6)), draw(st.integers(1, 5)), *[draw(st.integers(1, 6)) for _ in range(n_spatial)])
 
+@st.composite
+def conv_cases(draw):
+    "Images, kernels, bias, stride and padding of a 2-D convolution where the (padded) image fits the kernel."
+    batch, c_in, c_out = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw, stride, padding = draw(st.integers(1, 5)), draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * padding), 12))
+    w = draw(st.integers(max(1, kw - 2 * padding), 12))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    x, weight = torch.randn(batch, c_in, h, w, generator=g), torch.randn(c_out, c_in, kh, kw, generator=g)
+    bias = torch.randn(c_out, generator=g) if draw(st.booleans()) else None
+    return x, weight, bias, stride, padding
+
 IDX_DTYPES = ('uint8', 'int8', 'int16', 'int32', 'float32', 'float64')
 
 @st.composite
