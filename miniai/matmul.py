@@ -45,16 +45,21 @@ def dot_numba(a, b):
     for i in range(len(a)): res += a[i] * b[i]
     return res
 
+# %% ../nbs/01f_matmul.ipynb #0d63a339
+def _compute_dtype(dtype:torch.dtype)->torch.dtype:
+    "The type to compute in with NumPy and numba: float32 for the half-precision types they lack (as PyTorch's CPU matmul accumulates them)."
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
 # %% ../nbs/01f_matmul.ipynb #e9fe0206
 def matmul_numba(a, b):
     "Matrix product with two Python loops around a numba-compiled dot product."
     a, b = matmul_inputs(a, b)
     dtype = torch.result_type(a, b)
-    an, bn = a.to(dtype).numpy(), b.to(dtype).numpy()
+    an, bn = (t.to(_compute_dtype(dtype)).numpy() for t in (a, b))
     c = np.zeros((an.shape[0], bn.shape[1]), dtype=an.dtype)
     for i in range(an.shape[0]):
         for j in range(bn.shape[1]): c[i, j] = dot_numba(an[i, :], bn[:, j])
-    return torch.from_numpy(c)
+    return torch.from_numpy(c).to(dtype)
 
 # %% ../nbs/01f_matmul.ipynb #1ec38443
 def matmul_elementwise(a, b):
@@ -165,10 +170,10 @@ def matmul_cuda(a, # the left matrix
     elif not simulate and not cuda.is_available(): raise RuntimeError('numba finds no CUDA GPU here: use simulate=True (or None) for the simulator')
     target, kernel = _cuda_jit(bool(simulate))
     dtype = torch.result_type(a, b)
-    an, bn = (np.ascontiguousarray(t.detach().cpu().to(dtype).numpy()) for t in (a, b))
+    an, bn = (np.ascontiguousarray(t.detach().cpu().to(_compute_dtype(dtype)).numpy()) for t in (a, b))
     c = np.zeros((an.shape[0], bn.shape[1]), dtype=an.dtype)
-    if c.size == 0: return torch.from_numpy(c).to(a.device)
+    if c.size == 0: return torch.from_numpy(c).to(a.device, dtype)
     blocks = tuple(math.ceil(n / t) for n, t in zip(c.shape, block))
     c_dev = target.to_device(c)
     kernel[blocks, block](target.to_device(an), target.to_device(bn), c_dev)
-    return torch.from_numpy(c_dev.copy_to_host()).to(a.device)
+    return torch.from_numpy(c_dev.copy_to_host()).to(a.device, dtype)

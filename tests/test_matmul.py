@@ -80,6 +80,22 @@ def test_importing_matmul_switches_nothing_process_wide():
     env = {k: v for k, v in __import__('os').environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, check=True).stdout.strip() == 'None'
 
+MINIAI_RUNGS = RUNGS[:8]
+
+@pytest.mark.parametrize('rung', MINIAI_RUNGS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.float64])
+def test_other_dtypes_match_torch(rung, dtype):
+    "Half-precision, integer and double inputs give torch's result type and, for small integers, exactly torch's values."
+    a, b = torch.randint(-3, 4, (3, 4)).to(dtype), torch.randint(-3, 4, (4, 2)).to(dtype)
+    result = rung(a, b)
+    assert result.dtype == dtype and torch.equal(result, a @ b)
+
+@pytest.mark.parametrize('rung', MINIAI_RUNGS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize('shapes', [((0, 3), (3, 2)), ((2, 0), (0, 3)), ((2, 3), (3, 0))], ids=str)
+def test_empty_matrices(rung, shapes):
+    a, b = torch.randn(*shapes[0]), torch.randn(*shapes[1])
+    assert torch.equal(rung(a, b), a @ b)
+
 def test_launch_kernel_visits_every_position_once():
     seen = []
     mm.launch_kernel(lambda grid, out: out.append(grid), 3, 2, seen)
