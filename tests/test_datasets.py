@@ -39,7 +39,7 @@ def datasets(draw):
 def test_batches_are_rows_stacked(case):
     ds, idxs = case
     batch, rows = ds[idxs], [ds[i] for i in idxs]
-    assert same(ds.__getitems__(idxs), rows)
+    assert same(list(ds.__getitems__(idxs)), rows) and len(ds.__getitems__(idxs)) == len(idxs)
     assert batch['name'] == [r['name'] for r in rows] and list(batch['y']) == [r['y'] for r in rows]
     if idxs: assert torch.equal(batch['x'], torch.stack([r['x'] for r in rows]))
     assert ds[:]['name'] == ds.columns['name'] and len(ds[::2]['name']) == len(range(len(ds))[::2])
@@ -58,6 +58,18 @@ def test_transform_runs_lazily_once_per_read(case):
     assert calls == [len(idxs)]
     assert all(torch.equal(r['x'], ds[i]['x'] * 2) for r, i in zip(rows, idxs))
     if len(ds): tds[0]; assert calls[-1] == 1
+
+@given(datasets(), st.booleans())
+def test_collating_a_whole_batch_equals_collating_its_rows(case, listify):
+    "`collate_batch` takes a `BatchRows` batch as it is; that must equal stacking its rows one by one, and PyTorch's way."
+    ds, idxs = case
+    if not idxs: return
+    @inplace
+    def tfm(b):
+        b['x'] = [x + 1 for x in b['x']] if listify else b['x'] + 1   # a list of tensors, or one tensor
+    rows = ds.with_transform(tfm).__getitems__(idxs)
+    fast, slow = collate_batch(rows), collate_batch(list(rows))
+    assert same(fast, slow) and same(fast, default_collate(rows)) and same(fast, default_collate(list(rows)))
 
 def test_inplace_returns_the_same_object():
     b = {'a': 1}
