@@ -52,11 +52,12 @@ def subplots(nrows:int=1, # rows of axes
              figsize:tuple=None, # (width, height) in inches; by default `imsize` inches per axes
              imsize:float=1.5, # width and height of each axes in inches, when `figsize` isn't given
              suptitle:str=None, # title over the whole figure
-             **kwargs, # passed on to `plt.subplots`
+             **kwargs, # passed on to `plt.subplots` (`layout` defaults to 'constrained')
             ):
     "A figure and a grid of axes sized for images; returns `(fig, axs)` with `axs` always a NumPy array."
     nrows, ncols = _positive('nrows', nrows), _positive('ncols', ncols)
     if figsize is None: figsize = (ncols * imsize, nrows * imsize)
+    kwargs.setdefault('layout', 'constrained')  # titles and a suptitle get room instead of overlapping
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
     if suptitle is not None: fig.suptitle(suptitle)
     return fig, axs if isinstance(axs, np.ndarray) else np.array([axs])

@@ -63,6 +63,11 @@ def test_subplots_always_gives_an_array_sized_per_image():
     fig, axs = subplots(2, 3, imsize=1)
     assert axs.shape == (2, 3) and tuple(fig.get_size_inches()) == (3, 2)
 
+def test_titles_get_room():
+    "Constrained layout by default, so a suptitle never overlaps the images' titles; the caller can still choose."
+    assert type(subplots(suptitle='t')[0].get_layout_engine()).__name__ == 'ConstrainedLayoutEngine'
+    assert subplots(layout=None)[0].get_layout_engine() is None
+
 def test_show_images_titles_and_grid():
     fig = show_images(torch.rand(5, 28, 28), ncols=3, titles=torch.arange(5), suptitle='five')
     assert len(fig.axes) == 6 and [ax.get_title() for ax in fig.axes[:5]] == list('01234')
