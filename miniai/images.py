@@ -16,6 +16,7 @@ def _as_image(im)->torch.Tensor:
     "`im` as a 2-D (rows x cols) or 3-D (rows x cols x channels) tensor on the CPU, ready for `imshow`."
     im = im.detach().cpu() if isinstance(im, torch.Tensor) else torch.as_tensor(np.asarray(im))
     if im.dtype == torch.bfloat16: im = im.float()  # NumPy, and so matplotlib, has no bfloat16
+    if im.numel() == 0: raise ValueError(f'an image needs at least one pixel; got shape {tuple(im.shape)}')
     side = math.isqrt(im.shape[0]) if im.ndim == 1 else 0
     if im.ndim == 1 and side * side == im.shape[0] and side > 0: return im.reshape(side, side)
     if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4): im = im.permute(1, 2, 0)

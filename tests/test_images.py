@@ -18,7 +18,7 @@ def test_as_image_shapes(shape, expected):
     assert tuple(_as_image(torch.rand(shape)).shape) == expected
     assert tuple(_as_image(np.random.rand(*shape)).shape) == expected
 
-@pytest.mark.parametrize('shape', [(99,), (0,), (5, 28, 28), (2, 3, 4, 5)])
+@pytest.mark.parametrize('shape', [(99,), (0,), (0, 5), (3, 0), (0, 4, 3), (5, 28, 28), (2, 3, 4, 5)])
 def test_as_image_rejects_non_images(shape):
     with pytest.raises(ValueError, match=rf'got shape \({", ".join(map(str, shape))},?\)'): _as_image(torch.rand(shape))
 
