@@ -60,5 +60,12 @@ def collatable_rows(draw, min_rows=1, max_rows=5):
         return tuple(fill(v) for v in s[1])
     return [fill(structure) for _ in range(draw(st.integers(min_rows, max_rows)))]
 
+def logit_rows(scale, infinities=False, min_cols=1):
+    "Matrices of float64 logits in [-scale, scale] (with `infinities`, some -inf/+inf too), 1-6 rows by `min_cols`-12 columns."
+    shapes = st.tuples(st.integers(1, 6), st.integers(min_cols, 12))
+    elements = st.floats(-scale, scale, allow_nan=False)
+    if infinities: elements = st.one_of(elements, st.sampled_from([float('-inf'), float('inf')]))
+    return shapes.flatmap(lambda s: arrays('float64', s, elements=elements)).map(torch.from_numpy)
+
 # CUDA block shapes a GPU accepts (at most 1024 threads): one number (a column of threads) or (rows, cols)
 cuda_blocks = st.one_of(st.integers(1, 64), st.tuples(st.integers(1, 32), st.integers(1, 32)))
