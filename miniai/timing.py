@@ -6,8 +6,8 @@
 __all__ = ['time_runs', 'time_median', 'gflops', 'time_interleaved', 'current_threads', 'set_threads', 'machine_info',
            'machine_summary']
 
-# %% ../nbs/01g_timing.ipynb #7ab29261
-import os, platform, re, statistics, time
+# %% ../nbs/01g_timing.ipynb #67d17036
+import os, platform, random, re, statistics, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -46,21 +46,23 @@ def gflops(seconds:float, # time the product took
     "Speed, in GFLOP/s, of an (m x k) @ (k x n) matrix product that took `seconds`."
     return 2 * m * k * n / seconds / 1e9
 
-# %% ../nbs/01g_timing.ipynb #b30c7fd7
+# %% ../nbs/01g_timing.ipynb #f974e160
 def time_interleaved(fns:dict, # name -> function of no arguments
                      repeats:int=5, # timed rounds; each round calls every function once
                      warmup:int=1, # untimed rounds first
+                     shuffle:bool=True, # a new random order each timed round, so no function always follows the same one
                     )->dict:
     "Median seconds per call of each function in `fns`, timed in interleaved rounds after `warmup` rounds."
     if repeats < 1 or warmup < 0: raise ValueError(f'need repeats >= 1 and warmup >= 0; got {repeats} and {warmup}')
-    times = {name: [] for name in fns}
+    times, order, rng = {name: [] for name in fns}, list(fns), random.Random(0)
     for round_ in range(warmup + repeats):
-        for name, f in fns.items():
-            start = time.perf_counter(); f(); elapsed = time.perf_counter() - start
+        if shuffle and round_ >= warmup: rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter(); fns[name](); elapsed = time.perf_counter() - start
             if round_ >= warmup: times[name].append(elapsed)
     return {name: float(statistics.median(ts)) for name, ts in times.items()}
 
-# %% ../nbs/01g_timing.ipynb #340bfb61
+# %% ../nbs/01g_timing.ipynb #a9a9cee0
 def _blas_threads():
     "Threads of the first BLAS library threadpoolctl finds loaded (None when there is none)."
     return next((i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'), None)
@@ -88,7 +90,7 @@ class set_threads:
     def __exit__(self, *exc): self.restore()
     def __repr__(self): return f'set_threads(previous={self.previous})'
 
-# %% ../nbs/01g_timing.ipynb #9dfd6520
+# %% ../nbs/01g_timing.ipynb #77943d5d
 _CPUINFO, _CACHES = Path('/proc/cpuinfo'), Path('/sys/devices/system/cpu/cpu0/cache')
 
 def _read(path):
@@ -135,9 +137,9 @@ def machine_info()->dict:
             'mhz': float(mhz) if mhz else None,
             'features': sorted(f for f in features if re.fullmatch(r'avx\d*|avx512(f|bw|vl|dq)|fma|sse4\.2|neon|sve\d?|fp-armv8', f)),
             'vector_bits': bits, 'vector_registers': (32 if bits == 512 else 16) if x86 else 32 if arm else None,
-            'caches': _caches(_CACHES)}
+            'caches': _caches(_CACHES), 'load': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None}
 
-# %% ../nbs/01g_timing.ipynb #8acc8f22
+# %% ../nbs/01g_timing.ipynb #3f708850
 def _kb(size): return f'{size // 2**20} MB' if size >= 2**20 and size % 2**20 == 0 else f'{size // 2**10} KB'
 
 def machine_summary(info:dict=None)->str:
@@ -146,12 +148,14 @@ def machine_summary(info:dict=None)->str:
     blas = ', '.join(f"{i['internal_api']} {i['version']} ({i.get('architecture') or 'default'} kernel)"
                      for i in threadpool_info() if i['user_api'] == 'blas') or 'no BLAS found'
     mhz = f", {info['mhz']:.0f} MHz reported" if info.get('mhz') else ''
-    lines = [f"cpu: {info['cpu'] or 'unknown'} ({info['arch']}, LLVM target {info['llvm_cpu'] or 'unknown'}), {info['logical_cpus']} logical CPUs{mhz}"]
+    load = f", load {info['load']:.1f}" if info.get('load') is not None else ''
+    lines = [f"cpu: {info['cpu'] or 'unknown'} ({info['arch']}, LLVM target {info['llvm_cpu'] or 'unknown'}), {info['logical_cpus']} logical CPUs{mhz}{load}"]
     if info.get('vector_bits'):
         lines.append(f"vectors: {', '.join(info['features']) or 'none found'}: {info['vector_bits']}-bit registers "
                      f"({info['vector_bits'] // 32} float32s), {info['vector_registers']} of them")
     if info.get('caches'): lines.append('caches: ' + ', '.join(f'{k} {_kb(v)}' for k, v in info['caches'].items()))
     threads = current_threads()
-    lines.append(f"software: Python {platform.python_version()}, torch {torch.__version__} ({threads['torch']} threads), "
-                 f"numba {numba.__version__} ({threads['numba']} threads), numpy {np.__version__} with {blas}")
+    def n(k): return f"{threads[k]} thread{'s' if threads[k] != 1 else ''}"
+    lines.append(f"software: Python {platform.python_version()}, torch {torch.__version__} ({n('torch')}), "
+                 f"numba {numba.__version__} ({n('numba')}), numpy {np.__version__} with {blas}")
     return '\n'.join(lines)

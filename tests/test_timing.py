@@ -28,7 +28,7 @@ def test_bad_counts_are_refused(kwargs):
 def test_interleaved_order_and_medians(monkeypatch):
     calls = []
     monkeypatch.setattr(timing.time, 'perf_counter', FakeClock(range(0, 100, 1)))   # every call lasts 1 "second"
-    medians = time_interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, repeats=3, warmup=1)
+    medians = time_interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, repeats=3, warmup=1, shuffle=False)
     assert calls == ['a', 'b'] * 4 and medians == {'a': 1.0, 'b': 1.0}
     with pytest.raises(ValueError, match='repeats >= 1'): time_interleaved({'a': lambda: None}, repeats=0)
 
@@ -97,3 +97,10 @@ def test_import_is_light():
             'print(sorted(m for m in sys.modules if m.startswith("miniai."))); print(os.environ.get("NUMBA_ENABLE_CUDASIM"))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=True).stdout.split('\n')
     assert out[0] == "['miniai.timing']" and out[1] == 'None'
+
+def test_interleaved_shuffles_each_timed_round():
+    calls = []
+    medians = time_interleaved({name: (lambda name=name: calls.append(name)) for name in 'abcde'}, repeats=6, warmup=1)
+    rounds = [''.join(calls[i:i + 5]) for i in range(0, len(calls), 5)]
+    assert rounds[0] == 'abcde' and all(sorted(r) == list('abcde') for r in rounds)
+    assert len(set(rounds[1:])) > 1 and list(medians) == list('abcde')
