@@ -6,14 +6,14 @@
 __all__ = ['def_device', 'conv_out_size', 'im2col', 'conv2d_im2col', 'receptive_field', 'conv', 'simple_cnn', 'to_device',
            'fashion_dls']
 
-# %% ../nbs/07_convolutions.ipynb #5e6ffe92
+# %% ../nbs/07_convolutions.ipynb #ee3505be
 from collections.abc import Mapping
 import torch
 from torch import nn
 import torch.nn.functional as F
 from .datasets import fashion_dd, inplace, DictDataset, DataLoaders
 
-# %% ../nbs/07_convolutions.ipynb #c1ecc24b
+# %% ../nbs/07_convolutions.ipynb #916bf4a9
 def conv_out_size(n:int, # input length along one dimension (height or width)
                   ks:int, # kernel length along it
                   stride:int=1, # step between positions
@@ -24,7 +24,7 @@ def conv_out_size(n:int, # input length along one dimension (height or width)
     if n + 2 * padding < ks: raise ValueError(f'kernel of size {ks} does not fit in {n} + 2*{padding} padding')
     return (n + 2 * padding - ks) // stride + 1
 
-# %% ../nbs/07_convolutions.ipynb #30be6283
+# %% ../nbs/07_convolutions.ipynb #2d364f70
 def im2col(x:torch.Tensor, # images, [batch, channels, height, width]
            ks:int|tuple, # kernel size: an int, or (height, width)
            stride:int=1, # step between positions, in both directions
@@ -39,7 +39,7 @@ def im2col(x:torch.Tensor, # images, [batch, channels, height, width]
     cols = [xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] for i in range(kh) for j in range(kw)]
     return torch.stack(cols, 2).reshape(x.shape[0], x.shape[1] * kh * kw, oh * ow)
 
-# %% ../nbs/07_convolutions.ipynb #3cfc08ed
+# %% ../nbs/07_convolutions.ipynb #3f970dd7
 def conv2d_im2col(x:torch.Tensor, # images, [batch, channels_in, height, width]
                   weight:torch.Tensor, # kernels, [channels_out, channels_in, kh, kw]
                   bias:torch.Tensor=None, # one value per output channel, or None
@@ -56,7 +56,7 @@ def conv2d_im2col(x:torch.Tensor, # images, [batch, channels_in, height, width]
     if bias is not None: out = out + bias[:, None]
     return out.view(x.shape[0], weight.shape[0], oh, ow)
 
-# %% ../nbs/07_convolutions.ipynb #a6fc52b7
+# %% ../nbs/07_convolutions.ipynb #8a0d7ed0
 def receptive_field(kernel_sizes, # kernel size of each layer, first layer first
                     strides, # stride of each layer
                    ) -> int:
@@ -66,7 +66,7 @@ def receptive_field(kernel_sizes, # kernel size of each layer, first layer first
     for ks, s in zip(kernel_sizes, strides): size, jump = size + (ks - 1) * jump, jump * s
     return size
 
-# %% ../nbs/07_convolutions.ipynb #099472b0
+# %% ../nbs/07_convolutions.ipynb #d44d806d
 def conv(ni:int, # input channels
          nf:int, # output channels (filters)
          ks:int=3, # kernel size
@@ -80,7 +80,7 @@ def conv(ni:int, # input channels
     if act: layers.append(nn.ReLU())
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
-# %% ../nbs/07_convolutions.ipynb #03db167f
+# %% ../nbs/07_convolutions.ipynb #78657636
 def simple_cnn(n_out:int=10, # classes: channels of the last layer
                norm:bool=False, # batch normalisation in every block but the last
               ) -> nn.Sequential:
@@ -88,7 +88,7 @@ def simple_cnn(n_out:int=10, # classes: channels of the last layer
     layers = [conv(ni, nf, ks=5 if ni == 1 else 3, norm=norm) for ni, nf in [(1, 8), (8, 16), (16, 32), (32, 64)]]
     return nn.Sequential(*layers, conv(64, n_out, act=False), nn.Flatten())
 
-# %% ../nbs/07_convolutions.ipynb #f8dd05ca
+# %% ../nbs/07_convolutions.ipynb #3b34b5c0
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 def to_device(x, # a tensor, or a tuple, list or dict of them (nested); other values are returned as they are
@@ -100,7 +100,7 @@ def to_device(x, # a tensor, or a tuple, list or dict of them (nested); other va
     if isinstance(x, (list, tuple)): return type(x)(to_device(o, device) for o in x)
     return x
 
-# %% ../nbs/07_convolutions.ipynb #3664d065
+# %% ../nbs/07_convolutions.ipynb #a9f75947
 def fashion_dls(batch_size:int=512, # training batch size (validation batches are twice as big)
                 n_train:int=None, # use only the first `n_train` training images (default: all)
                 verbose:bool=True, # print where the data came from
