@@ -38,6 +38,8 @@ def format_table(title:str, # first line, above the table
                  rows:list, # lists of cells (anything `str` can print)
                 )->str:
     "A plain-text table: `title`, then `headers` and `rows` in aligned columns (numbers right-aligned)."
+    if bad := [i for i, row in enumerate(rows) if len(row) != len(headers)]:
+        raise ValueError(f'row {bad[0]} has {len(rows[bad[0]])} cells for {len(headers)} headers')
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     def line(r): return '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))

@@ -59,3 +59,9 @@ def test_check_close_accepts_agreement():
     check_close(torch.tensor([nan, inf, -inf, 2.0]), torch.tensor([nan, inf, -inf, 2.0]), k=1)
     check_close(torch.full((2,), nan), torch.full((2,), nan), k=1)   # nothing finite to compare
     check_close(torch.ones(0, 3), torch.ones(0, 3), k=1)
+
+def test_format_table_refuses_ragged_rows():
+    "A row with more or fewer cells than headers used to be cut short or crash with IndexError."
+    assert bench.format_table('T', ['a', 'bb'], [['x', 1]]).splitlines()[-1] == 'x   1'
+    with pytest.raises(ValueError, match='row 1 has 1 cells for 2 headers'): bench.format_table('T', ['a', 'bb'], [['x', 1], ['y']])
+    with pytest.raises(ValueError, match='row 0 has 3 cells'): bench.format_table('T', ['a', 'bb'], [['x', 1, 2]])
