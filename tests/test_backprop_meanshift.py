@@ -1,9 +1,11 @@
-"Hand-written gradients equal autograd's; batched mean shift equals the point-by-point definition."
-import math
+"""Hand-written gradients equal autograd's; `mse` warns on broadcasting shapes as `F.mse_loss` does; batched mean shift
+equals the point-by-point definition, refuses a bandwidth <= 0, and its labels recover well-separated clusters."""
+import math, warnings
 import pytest, torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from miniai.backprop import Lin, Model, Mse, Relu, autograd_grads, forward_and_backward, lin, mse, relu
-from miniai.meanshift import gaussian, meanshift, meanshift_step, pairwise_distances, triangular
+from miniai.meanshift import cluster_labels, gaussian, meanshift, meanshift_step, pairwise_distances, triangular
 
 def close(a, b): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -61,3 +63,38 @@ def test_kernels_and_errors():
     assert gaussian(torch.tensor(10.), 1.) < gaussian(torch.tensor(1.), 1.)
     with pytest.raises(ValueError, match='batch_size must be at least 1'): meanshift_step(torch.zeros(3, 2), batch_size=0)
     with pytest.raises(ValueError, match=r'got \(3, 2\) and \(3, 1\)'): pairwise_distances(torch.zeros(3, 2), torch.zeros(3, 1))
+
+@pytest.mark.parametrize('bw', [0, -1., float('nan')])
+def test_bandwidth_must_be_positive(bw):
+    X = torch.randn(5, 2)
+    for f in (lambda: meanshift(X, bw=bw), lambda: meanshift_step(X, bw=bw), lambda: gaussian(X, bw), lambda: triangular(X, bw)):
+        with pytest.raises(ValueError, match='bandwidth must be positive'): f()
+
+def test_cluster_labels_recover_the_partition():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[0., 0.], [20., 0.], [0., 20.], [-20., -5.]])
+    truth = torch.arange(4).repeat_interleave(60)
+    data = centres[truth] + torch.randn(240, 2, generator=gen)
+    found, found_centres = cluster_labels(meanshift(data, bw=2.5, steps=10))
+    assert len(found_centres) == 4 and found[0] == 0
+    assert len(set(zip(truth.tolist(), found.tolist()))) == 4    # a one-to-one map between true and found labels
+    torch.testing.assert_close(found_centres[found], centres[truth], atol=0.7, rtol=0)
+    labels, empty = cluster_labels(torch.zeros(0, 2))
+    assert labels.shape == (0,) and empty.shape == (0, 2)
+    with pytest.raises(ValueError, match='tol must be positive'): cluster_labels(data, tol=0)
+
+@given(n=st.integers(1, 8), seed=st.integers(0, 2**31))
+def test_mse_equals_torch_and_warns_on_broadcast_as_torch(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    out, targ = torch.randn(n, 1, generator=gen, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
+    close(mse(out, targ), F.mse_loss(out[:, 0], targ))        # the lesson's column of predictions against [n] targets
+    with warnings.catch_warnings(): warnings.simplefilter('error'); mse(out, targ)
+    for a, b in ((out[:, 0], targ[:, None]), (out, targ[:1]) if n > 1 else (out[:, 0], targ[:, None])):
+        with pytest.warns(UserWarning, match='broadcast'): ours = mse(a, b)
+        with pytest.warns(UserWarning): theirs = F.mse_loss(a, b)
+        close(ours, theirs)
+
+def test_hand_written_backward_refuses_other_shapes():
+    inp, w1, b1, w2, b2 = torch.randn(4, 3), torch.randn(3, 2), torch.zeros(2), torch.randn(2, 1), torch.zeros(1)
+    with pytest.raises(ValueError, match=r'targets \[n\]; got \(4, 1\) and \(4, 1\)'): forward_and_backward(inp, torch.zeros(4, 1), w1, b1, w2, b2)
+    with pytest.raises(ValueError, match=r'targets \[n\]'): Mse()(torch.zeros(4, 1), torch.zeros(4, 1))
