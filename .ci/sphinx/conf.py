@@ -1,0 +1,43 @@
+"""Sphinx configuration for miniai's site (`bash .ci/docs`): nbdev's processed notebooks, rendered by myst-nb from
+their stored outputs (nothing is executed), in sphinx-book-theme, with MathJax served from the site itself."""
+from configparser import ConfigParser
+from pathlib import Path
+
+_root = Path(__file__).resolve().parents[2]
+_cfg = ConfigParser(delimiters=['=']); _cfg.read(_root/'settings.ini', encoding='utf-8'); _cfg = _cfg['DEFAULT']
+
+project = _cfg['lib_name']
+author = _cfg['author']
+copyright = _cfg['copyright']
+release = version = _cfg['version']
+
+extensions = ['myst_nb', 'sphinx.ext.githubpages', 'sphinx-mathjax-offline']
+exclude_patterns = ['**.ipynb_checkpoints']
+suppress_warnings = ['myst.header']   # show_doc's `### name` headings sit under the lesson's `##` sections as nbdev puts them
+
+# myst-nb: render what the notebooks stored; GIF animations shown as images
+nb_execution_mode = 'off'
+nb_mime_priority_overrides = [('html', 'image/gif', 25)]
+nb_merge_streams = True
+myst_enable_extensions = ['dollarmath', 'amsmath', 'attrs_inline', 'attrs_block', 'colon_fence', 'html_image', 'smartquotes']
+myst_heading_anchors = 3
+
+# the book theme: lessons in the left sidebar, the page's sections on the right
+html_theme = 'sphinx_book_theme'
+html_title = f"{project}: deep learning from the foundations"
+html_static_path = ['_static']
+html_css_files = ['custom.css']
+html_last_updated_fmt = None
+html_copy_source = False
+html_show_sourcelink = False
+html_theme_options = {
+    'repository_url': _cfg['git_url'],
+    'repository_branch': _cfg['branch'],
+    'path_to_docs': _cfg['nbs_path'],
+    'use_repository_button': True,
+    'home_page_in_toc': True,
+    'show_toc_level': 2,
+    'navigation_with_keys': False,
+    'article_header_end': [],
+}
+html_context = {'default_mode': 'light'}

@@ -1,0 +1,185 @@
+"""Prepare nbdev's processed notebooks for Sphinx + myst-nb (run by `.ci/docs`; nothing is executed but what
+nbdev itself runs to expand `show_doc`).
+
+1. nbdev's own notebook processing (the processors `nbdev_proc_nbs` applies: `show_doc` expanded after each export,
+   `#|` directives applied, hidden cells dropped) over every `nbs/*.ipynb`, in sorted order, into `_proc/`. We call
+   nbdev's processors directly because the `nbdev_proc_nbs` command first tries to install Quarto (and then runs
+   `pip install -e .` with whichever pip is on PATH). One change: a cell that mixes imports with other code has only
+   its imports run (nbdev would run it whole, without the earlier cells it depends on; see nbdev's FAQ).
+2. For Sphinx: the YAML front matter becomes the page's `# title` and lead paragraph, links between notebooks and
+   nbdev's doc links (`doc_host/doc_baseurl/X.html`) become links between pages, and the index gets the lesson
+   list (toctree, in file order) that the sidebar shows.
+"""
+import ast, hashlib, json, os, re, shutil, subprocess, sys, warnings
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT/'_proc'          # nbdev's output in _proc/nbdev, Sphinx's source folder in _proc/sphinx
+NBDEV, SRC = OUT/'nbdev', OUT/'sphinx'
+
+def lessons(nbs):
+    "Every notebook nbdev would process, sorted by name (the index first)."
+    return sorted(p for p in nbs.glob('*.ipynb') if not p.name.startswith(('_', '.')))
+
+_re_fm_line = re.compile(r'^-\s+\S.*:.*\S\s*$')
+
+def split_title_cell(cells):
+    """nbdev reads the first markdown cell with an H1 as front matter (title, `>` summary, `- key: value` lines) and
+    drops the cell; what else that cell says (the index: the whole README) would vanish, so it gets its own cell."""
+    for i, c in enumerate(cells):
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'markdown' or not re.search(r'^#\s+\S', src, re.M): continue
+        blocks = re.split(r'\n\s*\n', src.strip())
+        keep = 0
+        while keep < len(blocks) and (re.match(r'#\s|>\s', blocks[keep]) or all(map(_re_fm_line.match, blocks[keep].splitlines()))): keep += 1
+        if keep == len(blocks): return cells
+        head, rest = '\n\n'.join(blocks[:keep]), '\n\n'.join(blocks[keep:])
+        return cells[:i] + [{**c, 'source': head}, {**c, 'id': (c.get('id') or 'title') + 'b', 'source': rest}] + cells[i+1:]
+    return cells
+
+def process(src, dst):
+    "Run nbdev's docs processors over the notebook `src` and write the result to `dst`."
+    os.chdir(ROOT)
+    os.environ['IN_TEST'] = '1'
+    warnings.filterwarnings('ignore', message='Found cells containing imports')
+    from execnb.nbio import dict2nb, write_nb
+    from nbdev import processors as P
+
+    class exec_show_docs(P.exec_show_docs):
+        "nbdev's `exec_show_docs`, but a cell mixing imports with other code runs its imports only."
+        def __call__(self, cell):
+            trees = cell.parsed_() if cell.cell_type == 'code' and P.cell_lang(cell) == 'python' else None
+            mixed = (trees and not (cell.directives_.keys() & {'export', 'exports', 'exporti', 'exec_doc'})
+                     and not P._show_docs(trees) and P._ast_contains(trees, (ast.Import, ast.ImportFrom))
+                     and any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in trees))
+            if not mixed: return super().__call__(cell)
+            if not self.nb.has_docs_ or not hasattr(self, 'k'): return
+            imports = [t for t in trees if isinstance(t, (ast.Import, ast.ImportFrom))]
+            self.k.run_cell(ast.unparse(ast.Module(body=imports, type_ignores=[])))
+            if self.k.exc: raise Exception(f'{src.name}: imports of cell {cell.idx_} failed:\n{cell.source}') from self.k.exc
+
+    class Filter(P.FilterDefaults):
+        def base_procs(self): return [exec_show_docs if p is P.exec_show_docs else p for p in super().base_procs()]
+
+    js = json.loads(Path(src).read_text(encoding='utf-8'))
+    js['cells'] = split_title_cell(js['cells'])
+    nb = dict2nb(js)
+    nb['path_'] = str(src)
+    Filter()(nb)
+    write_nb(nb, dst)
+    return dst
+
+
+def page_name(nb):
+    "nbdev's page name for notebook `nb` (`01b_iterators.ipynb` -> `iterators`), so URLs match an nbdev site."
+    from nbdev.frontmatter import _nbpath2html
+    return _nbpath2html(Path(nb)).stem
+
+def md_cell(source): return {'cell_type': 'markdown', 'id': hashlib.sha1(source.encode()).hexdigest()[:8], 'metadata': {}, 'source': source}
+
+def front_matter(cell):
+    "The YAML front matter nbdev put in a raw cell, as a dict (empty if `cell` isn't front matter)."
+    import yaml
+    src = ''.join(cell['source']).strip()
+    if cell['cell_type'] != 'raw' or not src.startswith('---'): return {}
+    return yaml.safe_load(src.strip('-\n')) or {}
+
+def sphinx_page(nb, pages, modules, cfg):
+    "Rewrite nbdev's processed notebook `nb` (a dict) for myst-nb, in place; return its title."
+    site = f"{cfg.doc_host}{cfg.doc_baseurl}".rstrip('/') + '/'
+    src_url = f"{cfg.git_url}/blob/{cfg.branch}/{cfg.lib_path.name}/"
+    title = None
+    def links(text):
+        # nbdev's doc links (`name` -> site/page.html#name): a link to our page, or plain code if no page has it
+        def doc(m):
+            label, page, frag = m.group(1), m.group(2), m.group(3) or ''
+            return f'<a class="reference internal" href="{page}.html{frag}">{label}</a>' if page in pages.values() else label
+        text = re.sub(r'\[(`[^`\]]+`)\]\(' + re.escape(site) + r'([\w.-]+)\.html(#[\w.-]*)?\)', doc, text)
+        # show_doc's source link: the module's page on this site (lines anchored like GitHub's)
+        def source(m):
+            mod, line = m.group(1), m.group(2)
+            if mod not in modules: return f'[source]({m.group(0)[9:-1]})'
+            return f'<a class="reference internal nbdev-source" href="_modules/{mod}.html{"#L-"+line if line else ""}">source</a>'
+        text = re.sub(r'\[source\]\(' + re.escape(src_url) + r'([\w/]+)\.py(?:#L(\d+))?\)(\{[^}]*\})?', source, text)
+        # links between notebooks: nb.ipynb -> its page
+        text = re.sub(r'\]\((?:\./)?([\w-]+)\.(?:ipynb|html)(#[^)]*)?\)',
+                      lambda m: f']({pages[m.group(1)]}.ipynb)' if m.group(1) in pages else m.group(0), text)
+        # a notebook named in backticks (the index's lesson table) links to its page
+        return re.sub(r'(?<!\[)`(' + '|'.join(map(re.escape, pages)) + r')`(?!\])',
+                      lambda m: f'[`{m.group(1)}`]({pages[m.group(1)]}.ipynb)', text) if pages else text
+    cells = []
+    for c in nb['cells']:
+        fm = front_matter(c)
+        if fm:
+            title = str(fm.get('title', '')).strip()
+            lead = str(fm.get('description', '')).strip()
+            c = md_cell(f'# {title}\n' + (f'\n{{.lead}}\n{lead}\n' if lead else ''))
+        elif c['cell_type'] == 'markdown' and 'AUTOGENERATED! DO NOT EDIT' in ''.join(c['source']): continue
+        if c['cell_type'] == 'markdown': c['source'] = links(''.join(c['source']))
+        for o in c.get('outputs', []):
+            if 'text/markdown' in o.get('data', {}):   # show_doc's `---` rule can't sit inside an output: CSS draws it
+                o['data']['text/markdown'] = re.sub(r'^---\n', '', links(''.join(o['data']['text/markdown'])), flags=re.M)
+        cells.append(c)
+    nb['cells'] = cells
+    return title
+
+def source_page(py, cfg, nbs_by_module):
+    "A page showing the module `py`, lines anchored `L-n` for show_doc's source links."
+    from pygments import highlight
+    from pygments.lexers import PythonLexer
+    from pygments.formatters import HtmlFormatter
+    code = highlight(py.read_text(encoding='utf-8'), PythonLexer(),
+                     HtmlFormatter(linenos='inline', lineanchors='L', anchorlinenos=True, wrapcode=True))
+    rel = py.relative_to(ROOT).as_posix()
+    nb = nbs_by_module.get(py.stem)
+    made = f'Exported by nbdev from the lesson [{nb[0]}](../{nb[1]}.ipynb): edit the notebook, not this file.' if nb else ''
+    return (f'---\norphan: true\n---\n# `{rel}`\n\n{made} '
+            f'[On GitHub]({cfg.git_url}/blob/{cfg.branch}/{rel}).\n\n```{{raw}} html\n<div class="nbdev-module">{code}</div>\n```\n')
+
+def default_exp(nb):
+    for c in nb['cells']:
+        if c['cell_type'] == 'code' and (m := re.search(r'^#\s*\|\s*default_exp\s+(\S+)', ''.join(c['source']), re.M)): return m.group(1)
+
+def for_sphinx(cfg, nbs):
+    "Turn `_proc/*.ipynb` (nbdev's output) into Sphinx's source folder: pages named as nbdev names them, module pages, the index's toctree."
+    pages = {p.stem: ('index' if p.stem == Path(cfg.readme_nb).stem else page_name(p)) for p in nbs}
+    assert len(set(pages.values())) == len(pages), f'two notebooks map to one page: {pages}'
+    modules = {p.stem for p in (cfg.lib_path).glob('*.py') if not p.stem.startswith('_')}
+    originals = {p.stem: json.loads(p.read_text(encoding='utf-8')) for p in nbs}
+    nbs_by_module = {m: (stem, pages[stem]) for stem, nb in originals.items() if (m := default_exp(nb))}
+    titles = {}
+    if SRC.exists(): shutil.rmtree(SRC)
+    SRC.mkdir(parents=True)
+    for stem in sorted(pages, key=lambda s: pages[s] == 'index'):   # the index last: its toctree needs every title
+        page, src = pages[stem], NBDEV/f'{stem}.ipynb'
+        nb = json.loads(src.read_text(encoding='utf-8'))
+        titles[stem] = sphinx_page(nb, pages, modules, cfg) or stem
+        if page == 'index':
+            entries = '\n'.join(f'{stem.split("_")[0]} · {titles.get(stem) or stem} <{pages[stem]}>' for stem in pages if pages[stem] != 'index')
+            nb['cells'].append(md_cell(f'```{{toctree}}\n:hidden:\n:caption: Lessons\n:maxdepth: 1\n\n{entries}\n```'))
+        (SRC/f'{page}.ipynb').write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding='utf-8')
+    (SRC/'_modules').mkdir()
+    for m in sorted(modules): (SRC/'_modules'/f'{m}.md').write_text(source_page(cfg.lib_path/f'{m}.py', cfg, nbs_by_module), encoding='utf-8')
+    print(f'{len(pages)} pages, {len(modules)} module pages in {SRC.relative_to(ROOT)}/')
+
+def main():
+    from nbdev.config import get_config
+    cfg = get_config()
+    nbs = lessons(cfg.nbs_path)
+    if '--sphinx-only' in sys.argv: return for_sphinx(cfg, nbs)   # reuse _proc/nbdev (while working on the site's look)
+    if OUT.exists(): shutil.rmtree(OUT)
+    NBDEV.mkdir(parents=True)
+    workers = max(1, min(len(nbs), int(os.environ.get('MINIAI_DOCS_WORKERS', os.cpu_count() or 1))))
+    def run(src):
+        "One fresh interpreter per notebook, as nbdev does (a lesson's cells may fork or start workers)."
+        r = subprocess.run([sys.executable, __file__, '--one', str(src), str(NBDEV/src.name)], capture_output=True, text=True)
+        if r.returncode: sys.exit(f'nbdev processing of {src.name} failed:\n{r.stdout}{r.stderr}')
+        return src
+    with ThreadPoolExecutor(workers) as ex:
+        for src in ex.map(run, nbs): print('processed', src.name)
+    for_sphinx(cfg, nbs)
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['--one']: process(Path(sys.argv[2]), Path(sys.argv[3]))
+    else: main()
