@@ -25,7 +25,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['miniai', 'miniai.*']),
     package_data={'miniai': ['data/*.npz']},
     install_requires=shlex.split(cfg.get('requirements', '')),
-    extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
+    extras_require={'dev': shlex.split(cfg.get('dev_requirements', '')), 'docs': shlex.split(cfg.get('docs_requirements', ''))},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
     zip_safe=False,
