@@ -62,7 +62,7 @@ def browser():
 def visit(browser, url):
     "Open `url`; return the page and what went wrong while it loaded (console errors, failed requests)."
     page, problems = browser.new_page(), []
-    page.on('console', lambda m: m.type == 'error' and problems.append(f'console error: {m.text}'))
+    page.on('console', lambda m: m.type == 'error' and problems.append(f'console error: {m.text} ({m.location.get("url")})'))
     page.on('pageerror', lambda e: problems.append(f'page error: {e}'))
     page.on('requestfailed', lambda r: problems.append(f'request failed: {r.url} ({r.failure})'))
     page.on('response', lambda r: r.status >= 400 and problems.append(f'HTTP {r.status}: {r.url}'))

@@ -27,6 +27,7 @@ html_theme = 'sphinx_book_theme'
 html_title = f"{project}: deep learning from the foundations"
 html_static_path = ['_static']
 html_css_files = ['custom.css']
+html_favicon = '_static/miniai.svg'
 html_last_updated_fmt = None
 html_copy_source = False
 html_show_sourcelink = False
@@ -35,6 +36,7 @@ html_theme_options = {
     'repository_branch': _cfg['branch'],
     'path_to_docs': _cfg['nbs_path'],
     'use_repository_button': True,
+    'logo': {'text': project, 'image_light': '_static/miniai.svg', 'image_dark': '_static/miniai.svg'},
     'home_page_in_toc': True,
     'show_toc_level': 2,
     'navigation_with_keys': False,
