@@ -29,7 +29,7 @@ if (_reason := _why_not()):
     if os.environ.get('MINIAI_REQUIRE_SITE') == '1': raise RuntimeError(f'site test required but: {_reason}')
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
 def lesson_pages():
     "The page each lesson notebook becomes, in sorted notebook order (nbdev's naming: `01b_iterators` -> `iterators.html`)."
@@ -88,8 +88,10 @@ def pages(server, browser):
         n_math = page.evaluate("() => document.querySelectorAll('.math').length")
         typeset = 0
         if n_math:
-            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
-            page.evaluate("() => MathJax.startup.promise")
+            try:
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=15_000)
+                page.evaluate("() => MathJax.startup.promise")
+            except PlaywrightError as e: problems.append(f'MathJax did not start: {str(e).splitlines()[0]}')
             typeset = page.evaluate("() => Array.from(document.querySelectorAll('.math')).filter(e => e.querySelector('mjx-container')).length")
         links = page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
         if name in ('index.html', shot):
@@ -127,7 +129,8 @@ def test_internal_links_resolve(pages, server, browser):
 
 def test_search_finds_matmul(server, browser):
     page, problems = visit(browser, server + 'search.html?q=matmul')
-    page.wait_for_selector('#search-results ul.search li', timeout=30_000)
+    try: page.wait_for_selector('#search-results ul.search li', timeout=30_000)
+    except PlaywrightError: pytest.fail(f'searching "matmul" showed no results in 30 s: {page.inner_text("#search-results")[:300]!r}')
     hits = page.evaluate("() => Array.from(document.querySelectorAll('#search-results ul.search li a')).map(a => a.getAttribute('href'))")
     page.close()
     assert not problems, problems
