@@ -40,6 +40,7 @@ html_theme_options = {
     'home_page_in_toc': True,
     'show_toc_level': 2,
     'navigation_with_keys': False,
-    'article_header_end': [],
+    'use_download_button': False,   # it would offer nbdev's processed copy, not the lesson's notebook
+    'use_fullscreen_button': False,
 }
 html_context = {'default_mode': 'light'}
