@@ -1,14 +1,17 @@
-"""Prepare nbdev's processed notebooks for Sphinx + myst-nb (run by `.ci/docs`; nothing is executed but what
-nbdev itself runs to expand `show_doc`).
+"""Prepare the notebooks for Sphinx + myst-nb (run by `.ci/docs`; nothing is executed but what nbdev itself runs to
+expand `show_doc`).
 
 1. nbdev's own notebook processing (the processors `nbdev_proc_nbs` applies: `show_doc` expanded after each export,
-   `#|` directives applied, hidden cells dropped) over every `nbs/*.ipynb`, in sorted order, into `_proc/`. We call
-   nbdev's processors directly because the `nbdev_proc_nbs` command first tries to install Quarto (and then runs
-   `pip install -e .` with whichever pip is on PATH). One change: a cell that mixes imports with other code has only
-   its imports run (nbdev would run it whole, without the earlier cells it depends on; see nbdev's FAQ).
-2. For Sphinx: the YAML front matter becomes the page's `# title` and lead paragraph, links between notebooks and
-   nbdev's doc links (`doc_host/doc_baseurl/X.html`) become links between pages, and the index gets the lesson
-   list (toctree, in file order) that the sidebar shows.
+   `#|` directives applied, hidden cells dropped) over every `nbs/*.ipynb`, in sorted order, into `_proc/nbdev/`.
+   We call nbdev's processors directly because the `nbdev_proc_nbs` command first tries to install Quarto (and then
+   runs `pip install -e .` with whichever pip is on PATH). Two changes: a cell that mixes imports with other code has
+   only its imports run (nbdev would run it whole, without the earlier cells it depends on; see nbdev's FAQ), and
+   a title cell that goes on after its `>` summary is split, so that the rest isn't dropped with the front matter.
+2. Sphinx's source folder, `_proc/sphinx/`: one page per notebook, named as nbdev names it (`01b_iterators` ->
+   `iterators.html`); the front matter becomes the page's title, lead and a line naming its notebook and module;
+   Quarto's `#| echo: false` becomes myst-nb's `remove-input`; nbdev's doc links and links between notebooks become
+   links between pages, show_doc's source links go to a page per module (`_modules/`); the index gets the lesson
+   list (a toctree, in file order) that the sidebar shows.
 """
 import ast, hashlib, json, os, re, shutil, subprocess, sys, warnings
 from pathlib import Path
@@ -19,7 +22,7 @@ OUT = ROOT/'_proc'          # nbdev's output in _proc/nbdev, Sphinx's source fol
 NBDEV, SRC = OUT/'nbdev', OUT/'sphinx'
 
 def lessons(nbs):
-    "Every notebook nbdev would process, sorted by name (the index first)."
+    "Every notebook nbdev would process, sorted by name."
     return sorted(p for p in nbs.glob('*.ipynb') if not p.name.startswith(('_', '.')))
 
 _re_fm_line = re.compile(r'^-\s+\S.*:.*\S\s*$')
@@ -99,7 +102,7 @@ def sphinx_page(nb, pages, modules, cfg, meta=''):
         # show_doc's source link: the module's page on this site (lines anchored like GitHub's)
         def source(m):
             mod, line = m.group(1), m.group(2)
-            if mod not in modules: return f'[source]({m.group(0)[9:-1]})'
+            if mod not in modules: return f'[source]({src_url}{mod}.py{"#L"+line if line else ""})'
             return f'<a class="reference internal nbdev-source" href="_modules/{mod}.html{"#L-"+line if line else ""}">source</a>'
         text = re.sub(r'\[source\]\(' + re.escape(src_url) + r'([\w/]+)\.py(?:#L(\d+))?\)(\{[^}]*\})?', source, text)
         # links between notebooks: nb.ipynb -> its page
@@ -166,7 +169,7 @@ def default_exp(nb):
         if c['cell_type'] == 'code' and (m := re.search(r'^#\s*\|\s*default_exp\s+(\S+)', ''.join(c['source']), re.M)): return m.group(1)
 
 def for_sphinx(cfg, nbs):
-    "Turn `_proc/*.ipynb` (nbdev's output) into Sphinx's source folder: pages named as nbdev names them, module pages, the index's toctree."
+    "Turn `_proc/nbdev/*.ipynb` (nbdev's output) into Sphinx's source folder: pages named as nbdev names them, module pages, the index's toctree."
     pages = {p.stem: ('index' if p.stem == Path(cfg.readme_nb).stem else page_name(p)) for p in nbs}
     assert len(set(pages.values())) == len(pages), f'two notebooks map to one page: {pages}'
     modules = {p.stem for p in (cfg.lib_path).glob('*.py') if not p.stem.startswith('_')}
