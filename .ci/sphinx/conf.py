@@ -13,7 +13,6 @@ release = version = _cfg['version']
 
 extensions = ['myst_nb', 'sphinx.ext.githubpages', 'sphinx-mathjax-offline']
 exclude_patterns = ['**.ipynb_checkpoints']
-suppress_warnings = ['myst.header']   # show_doc's `### name` headings sit under the lesson's `##` sections as nbdev puts them
 
 # myst-nb: render what the notebooks stored; GIF animations shown as images
 nb_execution_mode = 'off'
