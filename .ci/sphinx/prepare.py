@@ -43,7 +43,7 @@ def split_title_cell(cells):
 
 def process(src, dst):
     "Run nbdev's docs processors over the notebook `src` and write the result to `dst`."
-    os.chdir(ROOT)
+    os.chdir(Path(src).resolve().parent)   # where the lesson runs (as in nbdev_test): relative paths land in nbs/
     os.environ['IN_TEST'] = '1'
     warnings.filterwarnings('ignore', message='Found cells containing imports')
     from execnb.nbio import dict2nb, write_nb
