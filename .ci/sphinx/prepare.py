@@ -43,7 +43,8 @@ def split_title_cell(cells):
 
 def process(src, dst):
     "Run nbdev's docs processors over the notebook `src` and write the result to `dst`."
-    os.chdir(Path(src).resolve().parent)   # where the lesson runs (as in nbdev_test): relative paths land in nbs/
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    os.chdir(src.parent)   # where the lesson runs (as in nbdev_test): relative paths land in nbs/
     os.environ['IN_TEST'] = '1'
     warnings.filterwarnings('ignore', message='Found cells containing imports')
     from execnb.nbio import dict2nb, write_nb
