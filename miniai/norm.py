@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['LayerNorm', 'BatchNorm']
 
-# %% ../nbs/11b_norm.ipynb #ed2203fc
+# %% ../nbs/11b_norm.ipynb #02e004de
 import torch
 from torch import nn
 
-# %% ../nbs/11b_norm.ipynb #2229caf2
+# %% ../nbs/11b_norm.ipynb #894d3937
 class LayerNorm(nn.Module):
     "Standardise each sample over its last dimensions (`normalized_shape`), then scale and shift elementwise, like `nn.LayerNorm`."
     def __init__(self,
@@ -29,7 +29,7 @@ class LayerNorm(nn.Module):
         mean, var = x.mean(dims, keepdim=True), x.var(dims, correction=0, keepdim=True)
         return (x - mean) / (var + self.eps).sqrt() * self.weight + self.bias
 
-# %% ../nbs/11b_norm.ipynb #cd8c4b37
+# %% ../nbs/11b_norm.ipynb #88e4c6a0
 class BatchNorm(nn.Module):
     "Standardise each channel over the batch (and pixels), keeping running statistics for evaluation, like `nn.BatchNorm1d`/`nn.BatchNorm2d`."
     def __init__(self,

@@ -9,19 +9,19 @@ def same_params(ours, theirs, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p, q in [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]:
-            p.copy_(torch.randn(p.shape, generator=g)); q.copy_(p)
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype)); q.copy_(p)
 
-def close(a, b, atol=1e-4): torch.testing.assert_close(a, b, atol=atol, rtol=1e-4)
-
-# input gradients go through 1/sqrt(var + eps) and 1/var: float32 rounding grows up to ~300x when a sample or channel is (nearly) constant
-def close_grad(a, b): torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+# Compared in float64: the test is about the algorithm, not float32 rounding, which a nearly constant sample or channel
+# (a large shift, a small spread) amplifies differently in the two implementations.
+def close(a, b): torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+close_grad = close
 
 @settings(max_examples=60)
 @given(shape=batch_shapes(), k=st.integers(1, 3), scale=st.floats(0.1, 100), shift=st.floats(-50, 50), seed=st.integers(0, 2**16))
 def test_layer_norm_equals_torch(shape, k, scale, shift, seed):
     k = min(k, len(shape) - 1)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale + shift
-    ours, theirs = LayerNorm(shape[-k:]), nn.LayerNorm(shape[-k:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale + shift
+    ours, theirs = LayerNorm(shape[-k:]).double(), nn.LayerNorm(shape[-k:]).double()
     same_params(ours, theirs, seed)
     for train in (True, False):
         ours.train(train); theirs.train(train)
@@ -38,22 +38,22 @@ def test_layer_norm_equals_torch(shape, k, scale, shift, seed):
 def test_batch_norm_equals_torch_in_train_and_eval(shape, steps, mom, scale, seed):
     g = torch.Generator().manual_seed(seed)
     C = shape[1]
-    ours = BatchNorm(C, mom=mom)
-    theirs = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(C, momentum=mom)
+    ours = BatchNorm(C, mom=mom).double()
+    theirs = (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(C, momentum=mom).double()
     same_params(ours, theirs, seed)
     for step in range(steps):   # training: batch statistics, running statistics updated
-        x = torch.randn(shape, generator=g) * scale + step
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * scale + step
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = ours(xa), theirs(xb)
         close(ya, yb)
-        up = torch.randn(ya.shape, generator=g)
+        up = torch.randn(ya.shape, generator=g, dtype=torch.float64)
         (ya * up).sum().backward(); (yb * up).sum().backward()
         close_grad(xa.grad, xb.grad)
         close(ours.running_mean, theirs.running_mean); close(ours.running_var, theirs.running_var)
     close(ours.weight.grad, theirs.weight.grad); close(ours.bias.grad, theirs.bias.grad)
     ours.eval(); theirs.eval()   # evaluation: the running statistics, nothing updated
     before = ours.running_mean.clone()
-    x = torch.randn(shape, generator=g) * scale
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
     close(ours(x), theirs(x))
     torch.testing.assert_close(ours.running_mean, before)
 
@@ -65,3 +65,11 @@ def test_batch_norm_state_and_errors():
     with pytest.raises(ValueError, match='more than one value'): bn(torch.randn(1, 3))
     bn.eval(); assert bn(torch.randn(1, 3)).shape == (1, 3)   # one sample is fine in evaluation
     with pytest.raises(ValueError, match='last dimensions'): LayerNorm((4, 5))(torch.randn(2, 5, 4))
+
+@settings(max_examples=20)
+@given(shape=batch_shapes(min_batch=2), seed=st.integers(0, 2**16))
+def test_float32_close_to_torch(shape, seed):
+    "In float32, on well-conditioned inputs (mean 0, spread 1), ours and torch's agree to float32 precision."
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(BatchNorm(shape[1])(x), (nn.BatchNorm1d if len(shape) <= 3 else nn.BatchNorm2d)(shape[1])(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(LayerNorm(shape[1:])(x), nn.LayerNorm(shape[1:])(x), atol=1e-4, rtol=1e-4)
