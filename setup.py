@@ -23,7 +23,7 @@ setuptools.setup(
                 + ([f'License :: {lic[1]}'] if lic[1] else [])
                 + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=['miniai', 'miniai.*']),
-    package_data={'miniai': ['data/*.npz']},
+    package_data={'miniai': ['data/*.npz', 'data/*.pkl.gz']},
     install_requires=shlex.split(cfg.get('requirements', '')),
     extras_require={'dev': shlex.split(cfg.get('dev_requirements', '')), 'docs': shlex.split(cfg.get('docs_requirements', ''))},
     python_requires='>=' + min_python,

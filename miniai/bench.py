@@ -134,9 +134,15 @@ def _square(opts):
     if opts.plot: plot_square(results, opts.plot); table += f'\n(chart saved to {opts.plot})'
     return table
 
+def _learner(opts):
+    "Table 4, from lesson 09b: an epoch through the Learner with its callbacks against a plain PyTorch loop."
+    from .metrics import learner_overhead_table  # a later lesson's module, so imported only when the table runs
+    return learner_overhead_table(n_train=1_024 if opts.quick else 10_000, repeats=opts.repeats)
+
 TABLES = {'ladder': lambda opts: ladder_table(opts.big_rows, opts.repeats),
           'square': _square,
-          'rng': lambda opts: rng_table(opts.rng_count, opts.repeats)}
+          'rng': lambda opts: rng_table(opts.rng_count, opts.repeats),
+          'learner': _learner}
 
 def run_table(table, # a function of the options, or a 'module:function' string naming one
               opts:argparse.Namespace, # the command's options

@@ -3,3 +3,6 @@ from hypothesis import settings
 
 settings.register_profile('miniai', deadline=None)
 settings.load_profile('miniai')
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long checks (dieharder); run them with `-m slow`')
