@@ -9,7 +9,7 @@ from miniai.meanshift import cluster_labels, gaussian, meanshift, meanshift_step
 
 def close(a, b): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(n=st.integers(1, 12), m=st.integers(1, 10), nh=st.integers(1, 8), seed=st.integers(0, 2**31))
 def test_hand_written_gradients_equal_autograd(n, m, nh, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -39,7 +39,7 @@ def reference_step(X, bw):
         out[i] = (w[:, None] * X).sum(0) / w.sum()
     return out
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(n=st.integers(1, 15), d=st.integers(1, 3), bs=st.integers(1, 20), bw=st.floats(0.5, 5), seed=st.integers(0, 2**31))
 def test_batched_step_equals_definition(n, d, bs, bw, seed):
     X = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2

@@ -15,7 +15,7 @@ def assert_matmul(result, a, b):
     assert ((result.double() - expected).abs() <= bound).all(), (result, expected)
 
 @pytest.mark.parametrize('rung', RUNGS, ids=lambda f: f.__name__)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(pair=matmul_pairs())
 def test_rung_equals_torch(rung, pair):
     a, b = pair
@@ -29,7 +29,7 @@ def test_non_contiguous_inputs():
     for rung in RUNGS: assert_matmul(rung(a, b), a, b)
 
 @pytest.mark.parametrize('rung', RUNGS, ids=lambda f: f.__name__)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20)
 @given(m=st.integers(1, 5), k=st.integers(1, 5), n=st.integers(1, 5), extra=st.integers(1, 3))
 def test_mismatch_names_both_shapes(rung, m, k, n, extra):
     a, b = torch.randn(m, k), torch.randn(k + extra, n)
@@ -53,7 +53,7 @@ def test_cuda_block_shapes(block):
     a, b = torch.randn(37, 5), torch.randn(5, 19)
     assert_matmul(mm.matmul_cuda(a, b, threads_per_block=block), a, b)
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(pair=matmul_pairs(), block=cuda_blocks)
 def test_cuda_any_block_shape_equals_torch(pair, block):
     "Blocks that overhang the matrix, or don't cover it in one block, still give exactly one thread per element."
@@ -102,7 +102,7 @@ def test_launch_kernel_visits_every_position_once():
     assert seen == [(i, j) for i in range(3) for j in range(2)]
 
 @pytest.mark.parametrize('rung', BLOCKED, ids=lambda f: f.__name__)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(m=st.integers(1, 40), k=st.sampled_from([1, fm.KC - 1, fm.KC, fm.KC + 3]), n=st.sampled_from([1, fm.NR + 1, fm.NC + fm.NR + 1]))
 def test_blocked_kernels_across_block_edges(rung, m, k, n):
     "Shapes that straddle the KC, NC, MR and NR block edges, where packing and tile edges go wrong first."
