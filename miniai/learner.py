@@ -152,7 +152,10 @@ class SingleBatchCB(Callback):
 class DeviceCB(Callback):
     "Moves the model to `device` before fitting, and each batch (tuples, lists, dicts of tensors) before it's used."
     order = -10   # before the callbacks that use the batch
-    def __init__(self, device=def_device): self.device = device # a `torch.device` or its name: 'cpu', 'cuda', 'mps'
+    def __init__(self,
+                 device=None, # a `torch.device` or its name ('cpu', 'cuda', 'mps'); `None` means `def_device`
+                ):
+        self.device = def_device if device is None else device
     def before_fit(self, learn): learn.model.to(self.device)
     def before_batch(self, learn): learn.batch = to_device(learn.batch, self.device)
 
@@ -205,9 +208,11 @@ class LRFinderCB(Callback):
         if not math.isfinite(loss) or loss > self.min * self.max_mult: raise CancelFitException()
         self.sched.step()
     def plot(self, ax=None):
-        "Loss against learning rate, on a log scale."
+        "Loss against learning rate, on a log scale; the y-axis stops at 1.5 times the first loss, so the final blow-up doesn't flatten the curve."
         if ax is None: _, ax = plt.subplots(figsize=(5, 3))
         ax.plot(self.lrs, self.losses)
+        finite = [l for l in self.losses if math.isfinite(l)]
+        if len(finite) > 1: ax.set_ylim(top=min(max(finite), finite[0] * 1.5))
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
         return ax
 
