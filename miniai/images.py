@@ -26,9 +26,9 @@ def _as_image(im)->torch.Tensor:
 
 # %% ../nbs/01d_tensors.ipynb #56bc4c80
 def show_image(im, # a tensor, array, PIL image or list of lists: rows x cols, channels first or last, or flat and square
-               ax=None, # matplotlib axes to draw on (default: a new figure)
-               title=None, # title above the image (a string, a number or a one-element tensor)
-               figsize=None, # figure size in inches, when making a new figure
+               ax:plt.Axes|None=None, # matplotlib axes to draw on (default: a new figure)
+               title:str|float|torch.Tensor|None=None, # title above the image (a string, a number or a one-element tensor)
+               figsize:tuple[float, float]|None=None, # figure size in inches, when making a new figure
                cmap:str='gray', # colour map for single-channel images
                **kwargs, # passed on to `imshow` (e.g. `vmin`, `vmax`)
               ):
@@ -93,7 +93,7 @@ def get_grid(n:int, # how many axes are needed
 def show_images(ims, # images, each anything `show_image` takes; or a stack of them as one tensor
                 nrows:int=None, # rows of the grid (default: see `get_grid`)
                 ncols:int=None, # columns of the grid (default: see `get_grid`)
-                titles=None, # one title per image: strings, numbers or a tensor of labels
+                titles:list|torch.Tensor|None=None, # one title per image: strings, numbers or a tensor of labels
                 imsize:float=1.2, # width and height of each image, in inches
                 suptitle:str=None, # title over the whole figure
                 **kwargs, # passed on to `show_image` (e.g. `cmap`, `vmin`, `vmax`)

@@ -54,7 +54,7 @@ def meanshift(data, # points to cluster, [n, d]
               bw:float=2.5, # Gaussian bandwidth, > 0
               steps:int=5, # how many mean-shift steps
               batch_size:int=500, # points moved per batch
-              device=None, # where to compute (default: the GPU if there is one, else the CPU)
+              device:str|torch.device|None=None, # where to compute (default: the GPU if there is one, else the CPU)
              ):
     "Move every point of `data` `steps` times towards its neighbours' weighted mean (blurring mean shift); returns the final points on `data`'s device."
     _check_bw(bw)

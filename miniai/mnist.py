@@ -21,7 +21,7 @@ MNIST_SAMPLE = files('miniai')/'data'/'mnist_sample.pkl.gz'
 MNIST_SAMPLE_MD5 = '263569109c984ab556fd7d98425fb4f7'
 
 # %% ../nbs/01a_mnist.ipynb #d52bd9b2
-def mnist_path(folder=None, # where to keep the full set (default: `data_dir()`)
+def mnist_path(folder:str|Path|None=None, # where to keep the full set (default: `data_dir()`)
               )->Path:
     "Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, saying so in one line."
     folder = Path(folder) if folder else data_dir()
@@ -50,7 +50,7 @@ def _layout_problem(data)->str|None:
         if getattr(x, 'shape', ())[1:] != (784,) or getattr(y, 'ndim', 0) != 1 or len(x) != len(y):
             return f'its {name} split is not n images of 784 pixels with n labels'
 
-def load_mnist(path=None, # a gzipped MNIST pickle (default: `mnist_path()`)
+def load_mnist(path:str|Path|None=None, # a gzipped MNIST pickle (default: `mnist_path()`)
               ):
     "MNIST as `((x_train, y_train), (x_valid, y_valid), (x_test, y_test))`: float32 pixels in [0,1), int64 labels."
     path = Path(path) if path else mnist_path()
