@@ -92,9 +92,10 @@ def simple_cnn(n_out:int=10, # classes: channels of the last layer
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 def to_device(x, # a tensor, or a tuple, list or dict of them (nested); other values are returned as they are
-              device=def_device, # a `torch.device` or its name
+              device=None, # a `torch.device` or its name; `None` means `def_device`
              ):
     "`x` with every tensor in it moved to `device`, keeping tuples, lists and dicts as they are."
+    if device is None: device = def_device
     if isinstance(x, torch.Tensor): return x.to(device)
     if isinstance(x, Mapping): return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return type(x)(to_device(o, device) for o in x)
