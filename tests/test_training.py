@@ -123,6 +123,16 @@ def test_collate_as_default_collate(name):
     def dtypes(o): return {k: dtypes(v) for k, v in o.items()} if isinstance(o, dict) else [dtypes(v) for v in o] if isinstance(o, (list, tuple)) else o.dtype
     assert dtypes(plain(ours)) == dtypes(plain(theirs))
 
+@pytest.mark.parametrize('items', [['a', 'b'], [b'a', b'b'], [('a', 1), ('b', 2)], [['a', 1], ['b', 2]], [{'s': 'a'}, {'s': 'b'}]])
+def test_collate_strings_as_default_collate(items):
+    "Strings are not stacked: they come back in the same container (list or tuple) as from default_collate."
+    def str_parts(o):
+        if isinstance(o, dict): return {k: str_parts(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)) and o and isinstance(o[0], (str, bytes)): return type(o), list(o)
+        if isinstance(o, (list, tuple)): return [str_parts(v) for v in o]
+        return 'tensor'
+    assert str_parts(collate(items)) == str_parts(default_collate(items))
+
 def test_collate_errors():
     assert collate([('a', 1), ('b', 2)])[0] == ('a', 'b')
     with pytest.raises(RuntimeError, match='same number of fields'): collate([(1, 2), (3,)])
