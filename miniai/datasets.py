@@ -79,9 +79,9 @@ class DatasetDict(dict):
 
 def fashion_dd(folder=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
                verbose:bool=True, # print where the data came from
-               **kwargs, # passed on to `load_fashion` (e.g. `system_dir`)
+               **kwargs
               )->DatasetDict:
-    "Fashion-MNIST as a `DatasetDict` of `train` and `valid` splits, columns `image` (uint8, 28 x 28) and `label` (int64)."
+    "Fashion-MNIST as a `DatasetDict` of `train` and `valid` splits, columns `image` (uint8, 28 x 28) and `label` (int64); other keyword arguments go to `load_fashion` (e.g. `system_dir`)."
     splits = load_fashion(folder, verbose=verbose, **kwargs)
     return DatasetDict({name: DictDataset({'image': x, 'label': y}) for name, (x, y) in zip(('train', 'valid'), splits)})
 
@@ -127,8 +127,8 @@ class DataLoaders:
     def from_dd(cls, dd, # a `DatasetDict` with `train` and `valid` splits
                 batch_size:int, # rows per training batch (validation batches are twice as big)
                 as_tuple:bool=True, # batches as tuples of columns (`xb, yb`), else as dicts
-                **kwargs, # passed on to PyTorch's `DataLoader` (e.g. `num_workers`)
+                **kwargs
                )->'DataLoaders':
-        "Data loaders for the `train` and `valid` splits of `dd`."
+        "Data loaders for the `train` and `valid` splits of `dd`; other keyword arguments go to PyTorch's `DataLoader` (e.g. `num_workers`)."
         if missing := {'train', 'valid'} - set(dd): raise KeyError(f'from_dd needs splits train and valid; {sorted(missing)} missing from {list(dd)}')
         return cls(*get_dls(dd['train'], dd['valid'], bs=batch_size, collate_fn=collate_dict(dd['train']) if as_tuple else collate_batch, **kwargs))
