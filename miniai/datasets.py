@@ -9,6 +9,7 @@ __all__ = ['DictDataset', 'BatchRows', 'inplace', 'DatasetDict', 'fashion_dd', '
 import operator
 from collections.abc import Mapping, Sequence
 from functools import wraps
+from pathlib import Path
 import numpy as np
 import torch
 from .fashion import load_fashion
@@ -77,7 +78,7 @@ class DatasetDict(dict):
         return DatasetDict({name: ds.with_transform(transform) for name, ds in self.items()})
     def __repr__(self): return 'DatasetDict({\n' + ''.join(f'    {name}: {ds!r}\n' for name, ds in self.items()) + '})'
 
-def fashion_dd(folder=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
+def fashion_dd(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
                verbose:bool=True, # print where the data came from
                **kwargs
               )->DatasetDict:

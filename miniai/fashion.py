@@ -173,9 +173,9 @@ def _find_fashion(folder:Path, system_dir, urls)->tuple:
     return (f'the sample bundled with miniai (3,000 train / 1,000 valid images), because {reason}',
             paths(write_fashion_sample(folder/'sample')), None)
 
-def fashion_paths(folder=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
-                  system_dir=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
-                  urls=None, # base URLs to download from, in order (default: `FASHION_URLS`)
+def fashion_paths(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
+                  system_dir:str|Path|None=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
+                  urls:list[str]|None=None, # base URLs to download from, in order (default: `FASHION_URLS`)
                   verbose:bool=True, # print where the files came from
                  )->dict:
     "Paths of the four Fashion-MNIST files (`train-images`, ..., `valid-labels`), from the first good source; prints which."
@@ -200,9 +200,9 @@ def _check_cache(path:Path)->tuple|None:
             if md5.hexdigest() != FASHION_FILES[f'{split}-{kind}'][3]: return None
     return tuple((torch.from_numpy(arrays[f'x_{s}']), torch.from_numpy(arrays[f'y_{s}']).long()) for s in _SPLITS)
 
-def load_fashion(folder=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
-                 system_dir=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
-                 urls=None, # base URLs to download from, in order (default: `FASHION_URLS`)
+def load_fashion(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
+                 system_dir:str|Path|None=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
+                 urls:list[str]|None=None, # base URLs to download from, in order (default: `FASHION_URLS`)
                  verbose:bool=True, # print where the data came from
                 ):
     "Fashion-MNIST as `((x_train, y_train), (x_valid, y_valid))`: uint8 images n x 28 x 28, int64 labels; prints the source."

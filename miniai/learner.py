@@ -68,7 +68,7 @@ class Learner:
                  dls, # data loaders: anything with `.train` and `.valid`, each an iterable of batches
                  loss_func=F.cross_entropy, # loss of (predictions, targets)
                  lr:float=0.1, # learning rate, unless `fit` is given one
-                 cbs=None, # callbacks used by every `fit`
+                 cbs:list|None=None, # callbacks used by every `fit`
                  opt_func=torch.optim.SGD, # optimiser class: called with the model's parameters and `lr`
                 ):
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
@@ -118,7 +118,7 @@ class Learner:
             n_epochs:int=1, # epochs, each a training pass then a validation pass
             train:bool=True, # run the training passes
             valid:bool=True, # run the validation passes
-            cbs=None, # extra callbacks for this fit only
+            cbs:list|None=None, # extra callbacks for this fit only
             lr:float=None, # learning rate for this fit (default: the learner's `lr`)
            ):
         "Train for `n_epochs` with a new optimiser; `cbs` join the learner's callbacks for this fit only."
@@ -153,7 +153,7 @@ class DeviceCB(Callback):
     "Moves the model to `device` before fitting, and each batch (tuples, lists, dicts of tensors) before it's used."
     order = -10   # before the callbacks that use the batch
     def __init__(self,
-                 device=None, # a `torch.device` or its name ('cpu', 'cuda', 'mps'); `None` means `def_device`
+                 device:str|torch.device|None=None, # a `torch.device` or its name ('cpu', 'cuda', 'mps'); `None` means `def_device`
                 ):
         self.device = def_device if device is None else device
     def before_fit(self, learn): learn.model.to(self.device)
@@ -176,7 +176,7 @@ class MomentumLearner(TrainLearner):
                  dls, # data loaders with `.train` and `.valid`
                  loss_func=F.cross_entropy, # loss of (predictions, targets)
                  lr:float=0.1, # learning rate
-                 cbs=None, # callbacks
+                 cbs:list|None=None, # callbacks
                  opt_func=torch.optim.SGD, # optimiser class
                  mom:float=0.85, # fraction of the gradients kept for the next step
                 ):
@@ -207,7 +207,7 @@ class LRFinderCB(Callback):
         self.min = min(self.min, loss)
         if not math.isfinite(loss) or loss > self.min * self.max_mult: raise CancelFitException()
         self.sched.step()
-    def plot(self, ax=None):
+    def plot(self, ax:plt.Axes|None=None):
         "Loss against learning rate, on a log scale; the y-axis stops at 1.5 times the first loss, so the final blow-up doesn't flatten the curve."
         if ax is None: _, ax = plt.subplots(figsize=(5, 3))
         ax.plot(self.lrs, self.losses)
