@@ -8,6 +8,7 @@ __all__ = ['fan_in_out', 'glorot_normal_', 'kaiming_normal_', 'init_weights', 'G
 
 # %% ../nbs/11_initializing.ipynb #dd79d0c1
 import math, warnings
+from collections.abc import Callable
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ def conv_block(ni:int, # input channels
                ks:int=3, # kernel size
                stride:int=2, # 2 halves height and width
                act=nn.ReLU, # makes the activation module (`act()`), or None for none
-               norm=None, # makes the normalisation module (`norm(nf)`), or None for none
+               norm:Callable|None=None, # makes the normalisation module (`norm(nf)`), or None for none
                bias:bool=None, # give the convolution a bias (default: only without `norm`, which has its own)
               )->nn.Sequential:
     "A `Conv2d` with `ks // 2` padding, then `norm(nf)` and `act()` when given."
@@ -76,7 +77,7 @@ def conv_block(ni:int, # input channels
 
 def cnn_model(act=nn.ReLU, # makes each block's activation module
               nfs=(8, 16, 32, 64), # channels of the blocks; the first has a 5x5 kernel
-              norm=None, # makes each block's normalisation module, or None
+              norm:Callable|None=None, # makes each block's normalisation module, or None
               n_out:int=10, # outputs (classes)
              )->nn.Sequential:
     "Lesson 07's CNN for 28x28 one-channel images, with the activation and normalisation as parameters: `conv_block`s down to 1x1, then `Flatten`."
