@@ -92,7 +92,7 @@ def simple_cnn(n_out:int=10, # classes: channels of the last layer
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 def to_device(x, # a tensor, or a tuple, list or dict of them (nested); other values are returned as they are
-              device=None, # a `torch.device` or its name; `None` means `def_device`
+              device:str|torch.device|None=None, # a `torch.device` or its name; `None` means `def_device`
              ):
     "`x` with every tensor in it moved to `device`, keeping tuples, lists and dicts as they are."
     if device is None: device = def_device
@@ -105,9 +105,9 @@ def to_device(x, # a tensor, or a tuple, list or dict of them (nested); other va
 def fashion_dls(batch_size:int=512, # training batch size (validation batches are twice as big)
                 n_train:int=None, # use only the first `n_train` training images (default: all)
                 verbose:bool=True, # print where the data came from
-                **kwargs, # passed on to `DataLoaders.from_dd` (e.g. `num_workers`)
+                **kwargs
                ):
-    "Fashion-MNIST `DataLoaders` of `(images, labels)`: images `[batch, 1, 28, 28]` normalised by the training set's mean and std."
+    "Fashion-MNIST `DataLoaders` of `(images, labels)`: images `[batch, 1, 28, 28]` normalised by the training set's mean and std; other keyword arguments go to `DataLoaders.from_dd` (e.g. `num_workers`)."
     dd = fashion_dd(verbose=verbose)
     if n_train is not None: dd['train'] = DictDataset({k: v[:n_train] for k, v in dd['train'].columns.items()})
     x = dd['train'].columns['image'].float() / 255
