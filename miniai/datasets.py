@@ -7,7 +7,7 @@ __all__ = ['DictDataset', 'BatchRows', 'inplace', 'DatasetDict', 'fashion_dd', '
 
 # %% ../nbs/05b_datasets.ipynb #809291c1
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
 import numpy as np
@@ -19,7 +19,7 @@ from .training import get_dls
 class DictDataset:
     "Columns of equal length read as rows: `ds[i]` is a dict of one value per column, `ds[[i, j]]` a batch of them."
     def __init__(self, columns:dict, # column name -> tensor, array or list; all of one length
-                 transform=None, # function applied to each batch (a dict of columns) as it is read
+                 transform:Callable|None=None, # function applied to each batch (a dict of columns) as it is read
                 ):
         lengths = {name: len(col) for name, col in columns.items()}
         if len(set(lengths.values())) > 1: raise ValueError(f'columns must have the same length; got {lengths}')
