@@ -9,7 +9,7 @@ __all__ = ['logsumexp', 'log_softmax', 'nll', 'accuracy', 'report', 'Optimizer',
 # %% ../nbs/04_minibatch_training.ipynb #5c5cfa2f
 import math, os, pickle, queue, random, time, traceback
 from collections.abc import Mapping, Sequence
-import multiprocessing
+import multiprocessing, multiprocessing.connection
 import numpy as np
 import torch
 from torch.utils.data import DataLoader as TorchDataLoader
@@ -157,8 +157,8 @@ def seed_worker(base_seed:int, # the loader's seed for this epoch
 # %% ../nbs/04_minibatch_training.ipynb #dffc1923
 def _fetch(ds, collate_fn, batch): return collate_fn([ds[i] for i in batch])
 
-def _worker_loop(ds, collate_fn, tasks, results, worker_id, base_seed, parent_pid):
-    "A worker process: seed, then fetch and collate each batch of indices from `tasks` into `results`, until `None`."
+def _worker_loop(ds, collate_fn, tasks, conn, worker_id, base_seed, parent_pid):
+    "A worker process: seed, then fetch and collate each batch of indices from `tasks`, sending each through `conn`, until `None`."
     torch.set_num_threads(1)  # an OpenMP thread pool inherited through fork can deadlock
     seed_worker(base_seed, worker_id)
     while True:
@@ -166,14 +166,14 @@ def _worker_loop(ds, collate_fn, tasks, results, worker_id, base_seed, parent_pi
         except queue.Empty:
             if os.getppid() != parent_pid: return   # the loader's process is gone: don't linger
             continue
-        if task is None: results.cancel_join_thread(); return   # the loader is done with us
+        if task is None: return   # the loader is done with us
         i, batch = task
-        try: results.put((i, True, pickle.dumps(_fetch(ds, collate_fn, batch))))
+        try: conn.send((i, True, pickle.dumps(_fetch(ds, collate_fn, batch))))   # written whole before we go on
         except Exception as e:   # send the error back (pickled here, so an unpicklable one can't get lost)
             text = f'{type(e).__name__} in DataLoader worker {worker_id}:\n{traceback.format_exc()}'
             try: err = pickle.dumps((type(e), text))
             except Exception: err = pickle.dumps((RuntimeError, text))
-            results.put((i, False, err))
+            conn.send((i, False, err))
 
 class DataLoader:
     "Batches of `ds` in the order of `batch_sampler`, made by `collate_fn`, fetched by `n_workers` processes if > 0."
@@ -198,11 +198,13 @@ class DataLoader:
     def _worker_batches(self, base_seed):
         "Yield the batches in order, fetched by `n_workers` processes (two batches in flight per worker)."
         ctx = multiprocessing.get_context('fork' if hasattr(os, 'fork') else 'spawn')
-        results, tasks = ctx.Queue(), [ctx.Queue() for _ in range(self.n_workers)]
-        workers = [ctx.Process(target=_worker_loop, daemon=True,
-                               args=(self.ds, self.collate_fn, tasks[w], results, w, base_seed, os.getpid()))
-                   for w in range(self.n_workers)]
-        for p in workers: p.start()
+        tasks, conns, workers = [ctx.Queue() for _ in range(self.n_workers)], [], []
+        for w in range(self.n_workers):
+            conn, child_conn = ctx.Pipe(duplex=False)   # one pipe per worker: its end closes when the worker dies
+            p = ctx.Process(target=_worker_loop, daemon=True,
+                            args=(self.ds, self.collate_fn, tasks[w], child_conn, w, base_seed, os.getpid()))
+            p.start(); child_conn.close()   # keep no copy of the writing end here, so a dead worker's pipe reads as closed
+            conns.append(conn); workers.append(p)
         todo, done, in_flight, next_i = enumerate(self.batch_sampler), {}, 0, 0
         def send():
             nonlocal in_flight
@@ -211,7 +213,7 @@ class DataLoader:
             for _ in range(2 * self.n_workers): send()
             while in_flight:
                 while next_i not in done:
-                    i, ok, data = _next_result(results, workers, self.timeout)
+                    i, ok, data = _next_result(conns, workers, self.timeout)
                     done[i] = ok, data
                 ok, data = done.pop(next_i)
                 in_flight, next_i = in_flight - 1, next_i + 1
@@ -223,14 +225,16 @@ class DataLoader:
             for p in workers: p.join(timeout=2)
             for p in workers:
                 if p.is_alive(): p.kill(); p.join()
-            for q in (*tasks, results): q.cancel_join_thread(); q.close()
+            for q in tasks: q.cancel_join_thread(); q.close()
+            for conn in conns: conn.close()
 
-def _next_result(results, workers, timeout):
-    "The next `(i, ok, data)` from `results`, checking every 0.1 s that every worker is still alive."
+def _next_result(conns, workers, timeout):
+    "The next `(i, ok, data)` from any worker's pipe in `conns`, checking every 0.1 s that every worker is still alive."
     start = time.monotonic()
     while True:
-        try: return results.get(timeout=0.1)
-        except queue.Empty: pass
+        for conn in multiprocessing.connection.wait(conns, timeout=0.1):
+            try: return conn.recv()
+            except EOFError: pass   # its worker died, perhaps half-way through a message: reported below
         for w, p in enumerate(workers):
             if not p.is_alive():
                 raise RuntimeError(f'DataLoader worker {w} exited unexpectedly (exit code {p.exitcode}'

@@ -209,6 +209,24 @@ def test_dead_worker_raises_quickly(sig):
         assert time.monotonic() - start < 10
     finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
 
+class FragileBig(Dataset):
+    "Large items (so a worker's earlier batch may still be on its way) and a SIGKILL at item 123."
+    def __getitem__(self, i):
+        if i == 123: os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(i)
+
+@needs_fork
+def test_worker_killed_mid_message_never_hangs():
+    "A worker killed while an earlier batch is half-written to the loader (seen in CI): its pipe must read as closed."
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail('the DataLoader hung on a half-written batch'))
+    signal.alarm(120)
+    try:
+        ds = FragileBig(torch.randn(1000, 784), torch.arange(1000))
+        for _ in range(30):
+            with pytest.raises(RuntimeError, match='exited unexpectedly'):
+                list(DataLoader(ds, BatchSampler(Sampler(range(1000)), 16), n_workers=2))
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
+
 class Failing(Dataset):
     def __getitem__(self, i):
         if i == 5: raise KeyError(f'item {i} is unreadable')
