@@ -6,6 +6,7 @@
 __all__ = ['Hook', 'Hooks', 'HooksCallback', 'append_stats', 'ActivationStats']
 
 # %% ../nbs/10_activations.ipynb #6e459133
+from collections.abc import Callable
 from functools import partial
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ class HooksCallback(Callback):
     "Hooks calling `hookfunc` on chosen modules, attached for the length of each fit and removed when it ends, however it ends."
     def __init__(self,
                  hookfunc, # called as `hookfunc(hook, module, input, output)`
-                 mods=None, # which modules: None for the model's children, a class (or tuple) for its instances, a predicate, or a list
+                 mods:type|tuple|Callable|list|None=None, # which modules: None for the model's children, a class (or tuple) for its instances, a predicate, or a list
                  on_train:bool=True, # call `hookfunc` during training passes
                  on_valid:bool=False, # call `hookfunc` during validation passes
                 ):
@@ -95,7 +96,7 @@ def append_stats(hook, mod, inp, out,
 class ActivationStats(HooksCallback):
     "Records each chosen layer's activation mean, std and histogram for every training batch; plots them after the fit."
     def __init__(self,
-                 mods=None, # which modules to watch (see `HooksCallback`)
+                 mods:type|tuple|Callable|list|None=None, # which modules to watch (see `HooksCallback`)
                  bins:int=40, # histogram bins
                  max_act:float=10., # the histograms cover absolute activations from 0 to `max_act`
                 ):
