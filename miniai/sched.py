@@ -6,13 +6,13 @@
 __all__ = ['get_hyper', 'set_hyper', 'RecorderCB', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'sched_cos', 'sched_lin',
            'one_cycle', 'ParamSchedCB', 'OneCycleCB']
 
-# %% ../nbs/12b_schedulers.ipynb #f92ea912
+# %% ../nbs/12b_schedulers.ipynb #9679dfd4
 import math
 import torch
 import matplotlib.pyplot as plt
 from .learner import Callback
 
-# %% ../nbs/12b_schedulers.ipynb #0790bf86
+# %% ../nbs/12b_schedulers.ipynb #bf94a7fb
 def get_hyper(group:dict, # one of an optimiser's `param_groups`
               name:str, # a key of the group (`'lr'`, `'weight_decay'`...), or `'mom'` for the momentum
              ):
@@ -32,7 +32,7 @@ def set_hyper(group:dict, # one of an optimiser's `param_groups`
     elif 'momentum' in group: group['momentum'] = value
     else: get_hyper(group, name)   # raises, saying why
 
-# %% ../nbs/12b_schedulers.ipynb #3ca13230
+# %% ../nbs/12b_schedulers.ipynb #037c774d
 class RecorderCB(Callback):
     "Before each training batch, records hyperparameters (`'lr'`, `'mom'`...) of the optimiser's first parameter group, as used by that batch; `plot` draws them."
     order = 1   # after callbacks that set hyperparameters in `before_batch`
@@ -49,7 +49,7 @@ class RecorderCB(Callback):
             ax.plot(self.recs[nm]); ax.set_title(nm); ax.set_xlabel('training step')
         return axs
 
-# %% ../nbs/12b_schedulers.ipynb #289e0a70
+# %% ../nbs/12b_schedulers.ipynb #835bf62a
 class BaseSchedCB(Callback):
     "Makes a PyTorch scheduler from the learner's new optimiser before each fit (`sched(learn.opt)`); subclasses choose when to `step` it."
     def __init__(self, sched): self.sched = sched   # makes the scheduler from an optimiser, e.g. `partial(CosineAnnealingLR, T_max=n)`
@@ -65,7 +65,7 @@ class EpochSchedCB(BaseSchedCB):
     "Steps the scheduler after every training epoch."
     def after_epoch(self, learn): self._step(learn)
 
-# %% ../nbs/12b_schedulers.ipynb #414f173c
+# %% ../nbs/12b_schedulers.ipynb #2bb958de
 def sched_cos(start:float, # value at `pct` 0
               end:float, # value at `pct` 1
               pct:float, # how far through the phase, 0 to 1
@@ -80,7 +80,7 @@ def sched_lin(start:float, # value at `pct` 0
     "A straight line from `start` to `end`."
     return start + (end - start) * pct
 
-# %% ../nbs/12b_schedulers.ipynb #afd86fb9
+# %% ../nbs/12b_schedulers.ipynb #aba0fb02
 def one_cycle(step:int, # 0 to `total_steps - 1`
               total_steps:int, # steps in the whole schedule
               start:float, # value at step 0
@@ -96,7 +96,7 @@ def one_cycle(step:int, # 0 to `total_steps - 1`
     if step <= warm_end: return anneal(start, peak, step / warm_end if warm_end > 0 else 1.)
     return anneal(peak, end, (step - warm_end) / (total_steps - 1 - warm_end))
 
-# %% ../nbs/12b_schedulers.ipynb #b2891da7
+# %% ../nbs/12b_schedulers.ipynb #82c386f2
 class ParamSchedCB(Callback):
     "Before each training batch, sets each hyperparameter `name=f` of every parameter group to `f(step, total_steps)`; steps count the fit's training batches."
     def __init__(self, **scheds): self.scheds = scheds   # `lr=f`, `mom=f` (the momentum, see `set_hyper`), ...: each `f(step, total_steps)`
