@@ -1,0 +1,128 @@
+"""Data parallelism (miniai.distributed): 2 processes equal 1 on the same global batch, metrics count the dataset once,
+a failing or stalled rank fails the launch quickly with its own error, and a world of the wrong size is refused.
+Every test runs under a time limit (SIGALRM), so a hung process group fails the test instead of hanging the suite."""
+import os, signal, subprocess, sys, textwrap, time
+from contextlib import contextmanager, redirect_stdout
+from functools import partial
+import io
+import pytest, torch
+import torch._dynamo   # imported here once: the first optimiser imports it, and each forked rank would import it again
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from miniai.conv import simple_cnn
+from miniai.datasets import DataLoaders
+from miniai.learner import Callback, CancelFitException, Learner, TrainCB
+from miniai.metrics import Accuracy, MetricsCB
+from miniai.distributed import AccelerateCB, check_world_size, free_port, launch
+
+@contextmanager
+def time_limit(secs):
+    "Raise TimeoutError in this process if the block runs longer than `secs` seconds."
+    def handler(signum, frame): raise TimeoutError(f'took more than {secs} s')
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(secs)
+    try: yield
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
+
+g = torch.Generator().manual_seed(0)
+Y = torch.randint(0, 10, (1280 + 999,), generator=g)
+X = torch.randn(len(Y), 1, 28, 28, generator=g) * 0.5
+X[torch.arange(len(Y)), 0, Y, Y] += 3.   # a learnable signal: pixel (y, y) is bright
+x_train, y_train, x_valid, y_valid = X[:1280], Y[:1280], X[1280:], Y[1280:]
+
+def make_dls(bs=64, n_valid=999):
+    return DataLoaders(DataLoader(TensorDataset(x_train, y_train), bs, shuffle=True, generator=torch.Generator().manual_seed(1)),
+                       DataLoader(TensorDataset(x_valid[:n_valid], y_valid[:n_valid]), 2 * bs))
+
+class StopAfter(Callback):
+    order = 10
+    def __init__(self, steps): self.steps, self.n = steps, 0
+    def after_batch(self, learn):
+        if learn.training: self.n += 1
+        if self.n == self.steps: raise CancelFitException()
+
+def train(cb, steps=20, valid=False, n_valid=999):
+    "Train a fresh CNN with `cb` for `steps` batches (then validate if `valid`); the weights and the validation accuracy and count."
+    torch.manual_seed(0)
+    metrics = MetricsCB(Accuracy())
+    learn = Learner(simple_cnn(), make_dls(n_valid=n_valid), F.cross_entropy, lr=0.1, cbs=[cb, metrics],
+                    opt_func=partial(torch.optim.SGD, momentum=0.9))
+    with redirect_stdout(io.StringIO()):
+        if steps: learn.fit(1, valid=False, cbs=[StopAfter(steps)])
+        if valid: learn.fit(1, train=False)
+    acc = metrics.metrics['accuracy']
+    return learn.model.state_dict(), (float(acc.compute()), acc.count) if valid else None
+
+def max_diff(a, b): return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+def test_two_processes_equal_one():
+    with time_limit(50):
+        one, _ = launch(train, (TrainCB(),), n_procs=1)
+        two, _ = launch(train, (AccelerateCB(n_procs=2),), n_procs=2)
+        whole, _ = launch(train, (AccelerateCB(n_procs=2, split_batches=False),), n_procs=2)
+    assert max_diff(one, two) < 1e-6
+    assert max_diff(one, whole) > 1e-3   # a batch of 64 per process (global 128) is a different training: the check can fail
+
+def test_metrics_count_the_dataset_once():
+    with time_limit(40):
+        _, (acc1, n1) = launch(train, (TrainCB(), 0, True), n_procs=1)
+        _, (acc2, n2) = launch(train, (AccelerateCB(n_procs=2), 0, True), n_procs=2)
+    assert n1 == n2 == 999    # 999 = 7 x 128 + 103: the last batch is padded to 104 for 2 processes, the duplicate dropped
+    assert abs(acc1 - acc2) < 1e-6
+
+def rank1_raises():
+    dist.all_reduce(torch.ones(1))
+    if dist.get_rank() == 1: raise ValueError('rank 1 broke')
+    dist.all_reduce(torch.ones(1))
+    time.sleep(30)
+
+def test_raising_rank_surfaces_its_own_exception():
+    start = time.monotonic()
+    with time_limit(20), pytest.raises(ValueError, match='rank 1 broke') as info: launch(rank1_raises)
+    assert time.monotonic() - start < 10
+    assert 'rank1_raises' in info.value.__cause__.tb
+
+def rank1_stalls():
+    if dist.get_rank() == 1: time.sleep(120)
+    dist.all_reduce(torch.ones(1))
+
+def test_stalled_rank_fails_within_the_timeout():
+    start = time.monotonic()
+    with time_limit(30), pytest.raises(TimeoutError, match='rank 0 of 2 waited more than timeout=2'): launch(rank1_stalls, timeout=2)
+    assert 2 <= time.monotonic() - start < 12
+
+def test_world_size_check():
+    check_world_size(2, 2); check_world_size(None, 1)
+    with pytest.raises(RuntimeError, match='world of 1'): check_world_size(2, 1)
+    with time_limit(30), pytest.raises(RuntimeError, match='asked for 2 processes, but this one is in a world of 1'):
+        launch(train, (AccelerateCB(n_procs=2), 1), n_procs=1)
+
+def test_launch_returns_rank0_and_checks_arguments():
+    def ranks():
+        t = torch.tensor([dist.get_rank() + 1]); dist.all_reduce(t)
+        return dist.get_rank(), t.item(), torch.get_num_threads()
+    with time_limit(30): assert launch(ranks) == (0, 3, 1)
+    with pytest.raises(ValueError, match='at least 1'): launch(ranks, n_procs=0)
+    assert 1024 < free_port() < 65536
+
+SCRIPT = textwrap.dedent('''
+    import torch
+    from miniai.learner import Learner
+    from miniai.distributed import AccelerateCB
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.datasets import DataLoaders
+    ds = TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    learn = Learner(torch.nn.Linear(3, 2), DataLoaders(DataLoader(ds, 4), DataLoader(ds, 4)), cbs=[AccelerateCB(n_procs=2)])
+    learn.fit(1)
+''')
+
+def test_accelerate_launch_cpu_starts_one_process_and_is_refused(tmp_path):
+    "`accelerate launch --cpu --num_processes 2` starts one process: AccelerateCB(n_procs=2) refuses to train alone."
+    (tmp_path/'train.py').write_text(SCRIPT)
+    accelerate = os.path.join(os.path.dirname(sys.executable), 'accelerate')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MASTER_PORT': str(free_port())}
+    r = subprocess.run([accelerate, 'launch', '--cpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+                        '--dynamo_backend', 'no', str(tmp_path/'train.py')], capture_output=True, text=True, timeout=50, env=env, cwd=tmp_path)
+    assert r.returncode != 0
+    assert 'asked for 2 processes, but this one is in a world of 1' in r.stderr, r.stderr[-2000:]
