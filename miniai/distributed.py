@@ -202,7 +202,7 @@ class AccelerateCB(TrainCB):
         self.acc.wait_for_everyone()
         if self.acc.is_main_process: torch.save(self.acc.unwrap_model(learn.model).state_dict(), path)
 
-# %% ../nbs/15_distributed.ipynb #461a2e1d
+# %% ../nbs/15_distributed.ipynb #b47a79dc
 def _epoch(dls):
     "Seconds of one training epoch of `simple_cnn` in this process (with `AccelerateCB` if it is in a process group of several)."
     torch.manual_seed(0)
