@@ -42,7 +42,7 @@ class RecorderCB(Callback):
         if not learn.training: return
         group = learn.opt.param_groups[0]
         for nm in self.names: self.recs[nm].append(get_hyper(group, nm))
-    def plot(self, axs=None):
+    def plot(self, axs:list|None=None): # axes to draw on, one per name (default: a new row of plots)
         "One plot per recorded hyperparameter, against the training step."
         if axs is None: _, axs = plt.subplots(1, len(self.names), figsize=(4 * len(self.names), 2.6), squeeze=False)
         for ax, nm in zip(list(axs.flat) if hasattr(axs, 'flat') else [axs], self.names):
