@@ -6,7 +6,7 @@
 __all__ = ['free_port', 'check_world_size', 'launch', 'bf16_supported', 'AccelerateCB', 'ddp_speed', 'ddp_speed_table']
 
 # %% ../nbs/15_distributed.ipynb #8bfe765f
-import gc, io, logging, multiprocessing, os, pickle, random, socket, statistics, sys, tempfile, time, traceback, warnings
+import gc, io, logging, multiprocessing, os, pickle, random, re, socket, statistics, sys, tempfile, time, traceback, warnings
 from contextlib import redirect_stdout
 from datetime import timedelta
 from pathlib import Path
@@ -99,7 +99,7 @@ def _raise_first(results, n_procs, timeout):
     _, rank, (_, exc, msg, tb, _) = errors[0]
     e = pickle.loads(exc) if exc is not None else RuntimeError(msg)
     if hasattr(e, 'add_note'): e.add_note(f'(raised in rank {rank} of {n_procs})')
-    if 'timed out' in msg.lower() or 'timeout' in msg.lower():
+    if type(e).__name__ in ('RuntimeError', 'DistBackendError') and re.search('timed out|collective operation timeout', msg, re.I):
         e = TimeoutError(f'rank {rank} of {n_procs} waited more than timeout={timeout} s for the other ranks: '
                          f'one of them stalled, or is much slower (then raise `timeout`). It said: {msg}')
     raise e from _RankTraceback(tb)
@@ -220,6 +220,7 @@ def ddp_speed(n_train:int=4_096, # training images per epoch
     dls = fashion_dls(batch_size, n_train, verbose=False, generator=torch.Generator().manual_seed(0))
     configs = {'1 process x 2 threads': (1, 2), '1 process x 1 thread': (1, 1), '2 processes x 1 thread (DDP)': (2, 1)}
     times = {k: [] for k in configs}
+    _epoch(dls)   # warm-up, untimed: the first epoch in a process also sets up its kernels (and the forked processes inherit them)
     for r in range(repeats):
         for name in random.Random(r).sample(list(configs), len(configs)):
             n, threads = configs[name]
