@@ -68,7 +68,7 @@ def test_metrics_count_the_dataset_once():
     with time_limit(40):
         _, (acc1, n1) = launch(train, (TrainCB(), 0, True), n_procs=1)
         _, (acc2, n2) = launch(train, (AccelerateCB(n_procs=2), 0, True), n_procs=2)
-    assert n1 == n2 == 999    # 999 = 7 x 128 + 103: the last batch is padded to 104 for 2 processes, the duplicate dropped
+    assert n1 == n2 == 999    # 999 = 7 x 128 + 103: the last batch is filled up to 128 (64 per process) from the start, the 25 duplicates dropped
     assert abs(acc1 - acc2) < 1e-6
 
 def rank1_raises():
