@@ -6,7 +6,8 @@
 __all__ = ['pad_crop', 'random_crop', 'random_flip', 'erase_mask', 'random_erase', 'BatchAugment', 'BatchTransformCB', 'Dropout',
            'get_preds', 'hflip', 'tta_preds', 'save_model', 'load_model']
 
-# %% ../nbs/14_augment.ipynb #b3087b82
+# %% ../nbs/14_augment.ipynb #bd074a49
+from collections.abc import Callable
 from pathlib import Path
 import torch
 from torch import nn
@@ -155,10 +156,10 @@ class Dropout(nn.Module):
         return x * keep / (1 - self.p)
     def extra_repr(self): return f'p={self.p}'
 
-# %% ../nbs/14_augment.ipynb #0952a853
+# %% ../nbs/14_augment.ipynb #dde07cd5
 def get_preds(model:nn.Module, # the model, put in evaluation mode here
               dl, # data loader of (inputs, targets) batches
-              tfm=None, # applied to each batch of inputs first (e.g. a flip), or None
+              tfm:Callable|None=None, # applied to each batch of inputs first (e.g. a flip), or None
               device:str|torch.device|None=None, # where to run (default: where the model's parameters are)
              )->tuple:
     "The model's outputs and the targets for every batch of `dl`, in evaluation mode without gradients: `(preds, targets)` on the CPU."
@@ -178,12 +179,12 @@ def hflip(x:torch.Tensor)->torch.Tensor:
 
 def tta_preds(model:nn.Module, # the model
               dl, # data loader of (inputs, targets) batches
-              tfms:tuple=(None, hflip), # the views of each image: None is the image itself
+              tfms:tuple|None=None, # the views of each image, None standing for the image itself (default: `(None, hflip)`)
               device:str|torch.device|None=None, # where to run (default: where the model's parameters are)
              )->tuple:
     "Test-time augmentation: class probabilities averaged over views of each image (itself and its mirror image by default); `(probs, targets)`."
     probs, targets = [], None
-    for tfm in tfms:
+    for tfm in (None, hflip) if tfms is None else tfms:
         preds, targets = get_preds(model, dl, tfm, device)
         probs.append(preds.softmax(1))
     return torch.stack(probs).mean(0), targets
