@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['cpu_flags', 'bf16_supported', 'MixedPrecisionCB', 'ChannelsLastCB', 'CompileCB', 'train_speed', 'train_speed_table']
 
-# %% ../nbs/13b_speed.ipynb #9379d336
-import os, re, time
+# %% ../nbs/13b_speed.ipynb #bd5385ec
+import re, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -86,9 +86,9 @@ def _variants(compile:bool):
     if compile: v['torch.compile'] = [CompileCB()]
     return v
 
-def train_speed(batch_size:int=64, # images per training batch
-                n_batches:int=2, # batches per timed call
-                repeats:int=3, # timed rounds (one untimed round first: it also compiles)
+def train_speed(batch_size:int=128, # images per training batch
+                n_batches:int=1, # batches per timed call
+                repeats:int=5, # timed rounds (one untimed round first: it also compiles)
                 compile:bool=False, # include `torch.compile` (its first call compiles, which can take minutes)
                 model_fn=None, # makes the model (default: lesson 13's `ResNet()`)
                )->dict:
@@ -117,9 +117,9 @@ def _random_dls(batch_size, n_batches):
     return DataLoaders(batches, [])
 
 # %% ../nbs/13b_speed.ipynb #abd877f6
-def train_speed_table(batch_size:int=64, # images per training batch
-                      n_batches:int=2, # batches per timed call
-                      repeats:int=3, # timed rounds
+def train_speed_table(batch_size:int=128, # images per training batch
+                      n_batches:int=1, # batches per timed call
+                      repeats:int=5, # timed rounds
                       compile:bool=False, # include `torch.compile`
                       results:dict|None=None, # `train_speed`'s results for these settings (default: measure now)
                      )->str:
