@@ -139,10 +139,22 @@ def _learner(opts):
     from .metrics import learner_overhead_table  # a later lesson's module, so imported only when the table runs
     return learner_overhead_table(n_train=1_024 if opts.quick else 10_000, repeats=opts.repeats)
 
+def _distributed(opts):
+    "Table 5, from lesson 15: a training epoch in 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread (DDP), as ratios."
+    from .distributed import ddp_speed_table  # imports accelerate, so only when the table runs
+    return ddp_speed_table(n_train=1_024 if opts.quick else 4_096, repeats=opts.repeats)
+
+def _speed(opts):
+    "Table 6, from lesson 13b: training steps of lesson 13's ResNet in float32, channels-last and bfloat16 autocast."
+    from .accel import train_speed_table
+    return '6. ' + train_speed_table(batch_size=32 if opts.quick else 128, repeats=opts.repeats)
+
 TABLES = {'ladder': lambda opts: ladder_table(opts.big_rows, opts.repeats),
           'square': _square,
           'rng': lambda opts: rng_table(opts.rng_count, opts.repeats),
-          'learner': _learner}
+          'learner': _learner,
+          'distributed': _distributed,
+          'speed': _speed}
 
 def run_table(table, # a function of the options, or a 'module:function' string naming one
               opts:argparse.Namespace, # the command's options
