@@ -15,7 +15,7 @@ def readme_text(nb_path=ROOT/'nbs'/'index.ipynb'):
 
 def test_command(text):
     "The second shell block of the README: the test command."
-    blocks = [b.split('\n', 1)[1].rsplit('```', 1)[0] for b in text.split('```sh')[1:]]
+    blocks = [b.split('\n', 1)[1].split('```', 1)[0] for b in text.split('```sh')[1:]]
     return blocks[1].strip()
 
 def main(check=False):
