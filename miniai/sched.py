@@ -100,15 +100,15 @@ def one_cycle(step:int, # 0 to `total_steps - 1`
 class ParamSchedCB(Callback):
     "Before each training batch, sets each hyperparameter `name=f` of every parameter group to `f(step, total_steps)`; steps count the fit's training batches."
     def __init__(self, **scheds): self.scheds = scheds   # `lr=f`, `mom=f` (the momentum, see `set_hyper`), ...: each `f(step, total_steps)`
-    def before_fit(self, learn): self.step, self.total_steps = 0, learn.n_epochs * len(learn.dls.train)
+    def before_fit(self, learn): self.steps_done, self.total_steps = 0, learn.n_epochs * len(learn.dls.train)
     def before_batch(self, learn):
         if not learn.training: return
-        step = min(self.step, self.total_steps - 1)   # past the planned end (an extra batch), keep the last values
+        step = min(self.steps_done, self.total_steps - 1)   # past the planned end (an extra batch), keep the last values
         for nm, f in self.scheds.items():
             value = f(step, self.total_steps)
             for group in learn.opt.param_groups: set_hyper(group, nm, value)
     def after_batch(self, learn):
-        if learn.training: self.step += 1
+        if learn.training: self.steps_done += 1
 
 class OneCycleCB(ParamSchedCB):
     "The one-cycle schedule of PyTorch's `OneCycleLR` (two phases) over the whole fit: the learning rate up and down, the momentum (or Adam's `beta1`) down and up."

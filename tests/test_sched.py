@@ -105,7 +105,7 @@ def test_param_sched_sets_every_group_and_keeps_last_value_past_the_end():
     cb = ParamSchedCB(lr=lambda i, n: i / n)
     learn = toy_learner(torch.optim.SGD, [cb], n_train=4)
     learn.fit(1)
-    assert cb.step == 4 and learn.opt.param_groups[0]['lr'] == 3 / 4
+    assert cb.steps_done == 4 and learn.opt.param_groups[0]['lr'] == 3 / 4
     cb.before_batch(learn)   # a batch past the planned end keeps the last step's values
     assert learn.opt.param_groups[0]['lr'] == 3 / 4
 
@@ -119,3 +119,14 @@ def test_hyper_helpers_and_errors():
     with pytest.raises(ValueError, match="'cos' or 'linear'"): OneCycleCB(0.1, anneal_strategy='cosine')
     with pytest.raises(ValueError, match='pct_start'): one_cycle(0, 10, 1., 2., 0., pct_start=-0.1)
     with pytest.raises(ValueError, match='total_steps'): one_cycle(0, 0, 1., 2., 0.)
+
+def test_param_sched_beside_train_cb():
+    "A plain `Learner` runs its training step through callbacks (`TrainCB`); a scheduler's counter must not shadow the `step` event."
+    from miniai.learner import Learner, TrainCB
+    x, y = torch.randn(5, 4, 3), torch.randn(5, 4, 1)
+    dls = SimpleNamespace(train=list(zip(x[:3], y[:3])), valid=list(zip(x[3:], y[3:])))
+    model = nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    cb = OneCycleCB(0.1)
+    Learner(model, dls, F.mse_loss, cbs=[TrainCB(), cb], opt_func=partial(torch.optim.SGD, momentum=0.9)).fit(2)
+    assert cb.steps_done == 6 and not torch.equal(model.weight, before)
