@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['timestep_embedding', 'norm_act_conv', 'EmbResBlock', 'DownBlock', 'UpBlock', 'UNet']
 
-# %% ../nbs/16_unet.ipynb #4e4ca057
+# %% ../nbs/16_unet.ipynb #970f3497
 import math
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# %% ../nbs/16_unet.ipynb #39d9f0ed
+# %% ../nbs/16_unet.ipynb #09cc2083
 def timestep_embedding(t:torch.Tensor, # times or noise levels [batch], integers or fractions
                        dim:int, # length of each embedding (even)
                        max_period:float=10_000., # the slowest wave's period
@@ -22,17 +22,21 @@ def timestep_embedding(t:torch.Tensor, # times or noise levels [batch], integers
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.cos(), args.sin()], dim=1)
 
-# %% ../nbs/16_unet.ipynb #0a87ac6c
+# %% ../nbs/16_unet.ipynb #6689c0cd
+def _n_groups(ni:int, groups:int)->int:
+    "The most groups, at most `groups`, that split `ni` channels evenly (GroupNorm requires it); `min(groups, ni)` whenever that divides `ni`."
+    return max(g for g in range(1, min(groups, ni) + 1) if ni % g == 0)
+
 def norm_act_conv(ni:int, # input channels
                   nf:int, # output channels
                   ks:int=3, # kernel size (odd: the padding keeps the size)
                   stride:int=1, # 2 halves the height and width
-                  groups:int=8, # GroupNorm groups (at most `ni`)
+                  groups:int=8, # GroupNorm groups: the largest number up to this that divides `ni`
                  )->nn.Sequential:
     "GroupNorm, SiLU, then a convolution: the pre-activation layer the U-Net is made of."
-    return nn.Sequential(nn.GroupNorm(min(groups, ni), ni), nn.SiLU(), nn.Conv2d(ni, nf, ks, stride, padding=ks // 2))
+    return nn.Sequential(nn.GroupNorm(_n_groups(ni, groups), ni), nn.SiLU(), nn.Conv2d(ni, nf, ks, stride, padding=ks // 2))
 
-# %% ../nbs/16_unet.ipynb #3a21e97d
+# %% ../nbs/16_unet.ipynb #98f3454e
 class EmbResBlock(nn.Module):
     "Two `norm_act_conv` layers with a shortcut; between them the time embedding scales and shifts every channel."
     def __init__(self,
@@ -50,7 +54,7 @@ class EmbResBlock(nn.Module):
         scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)
         return self.conv2(h * (1 + scale) + shift) + self.idconv(x)
 
-# %% ../nbs/16_unet.ipynb #122b5501
+# %% ../nbs/16_unet.ipynb #93502302
 class DownBlock(nn.Module):
     "`n_layers` `EmbResBlock`s, then (unless it is the lowest level) a stride-2 convolution; every output is saved for the up path."
     def __init__(self,
@@ -69,7 +73,7 @@ class DownBlock(nn.Module):
         if self.down is not None: x = self.down(x); saved.append(x)
         return x
 
-# %% ../nbs/16_unet.ipynb #684921ab
+# %% ../nbs/16_unet.ipynb #3f9433d9
 class UpBlock(nn.Module):
     "`n_layers + 1` `EmbResBlock`s, each fed the previous output joined with a saved down-path activation; then (unless it is the top level) a 2x upsample and a convolution."
     def __init__(self,
@@ -89,7 +93,7 @@ class UpBlock(nn.Module):
         for r in self.resnets: x = r(torch.cat([x, saved.pop()], dim=1), emb)
         return x if self.up is None else self.up(x)
 
-# %% ../nbs/16_unet.ipynb #0f52af0f
+# %% ../nbs/16_unet.ipynb #5b25292c
 class UNet(nn.Module):
     "A U-Net for diffusion: `model(x, t)` is the same shape as `x`; `t` (one number per image) is embedded and fed to every block."
     def __init__(self,
@@ -112,8 +116,12 @@ class UNet(nn.Module):
         self.conv_out = norm_act_conv(nfs[0], out_ch)
 
     def forward(self, x, t):
-        if x.shape[-1] % 2 ** (len(self.downs) - 1) or x.shape[-2] % 2 ** (len(self.downs) - 1):
-            raise ValueError(f'height and width must be multiples of {2 ** (len(self.downs) - 1)} for {len(self.downs)} levels, got {tuple(x.shape[-2:])}')
+        m = 2 ** (len(self.downs) - 1)
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, got {tuple(x.shape[-2:])}')
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0: t = t.expand(len(x))
+        if t.shape not in ((len(x),), (1,)): raise ValueError(f't must hold one number per image ({len(x)}) or one for all, got shape {tuple(t.shape)}')
         emb = self.emb_mlp(timestep_embedding(t, self.n_temb))
         x = self.conv_in(x)
         saved = [x]
