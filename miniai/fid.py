@@ -6,7 +6,7 @@
 __all__ = ['fid_cnn', 'train_fid_classifier', 'fid_classifier', 'gaussian_stats', 'sqrtm_newton_schulz', 'frechet_distance',
            'fid', 'poly_kernel', 'mmd2_unbiased', 'kid', 'ImageEval']
 
-# %% ../nbs/18_fid.ipynb #fa030c51
+# %% ../nbs/18_fid.ipynb #cdda331e
 import math, time
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from .learner import DeviceCB, TrainLearner
 from .metrics import Accuracy, MetricsCB
 from .sched import OneCycleCB
 
-# %% ../nbs/18_fid.ipynb #429ece7d
+# %% ../nbs/18_fid.ipynb #51e96343
 def fid_cnn(nfs:tuple=(16, 32, 64, 128), # channels: the first convolution's, then one stride-2 convolution per further entry
             n_out:int=10, # classes
            )->nn.Sequential:
@@ -28,7 +28,7 @@ def fid_cnn(nfs:tuple=(16, 32, 64, 128), # channels: the first convolution's, th
     layers = [conv(1, nfs[0], ks=5, stride=1, norm=True)] + [conv(ni, nf, norm=True) for ni, nf in zip(nfs, nfs[1:])]
     return nn.Sequential(*layers, conv(nfs[-1], nfs[-1], norm=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nfs[-1], n_out))
 
-# %% ../nbs/18_fid.ipynb #939d4d67
+# %% ../nbs/18_fid.ipynb #8578cf32
 def train_fid_classifier(dls, # `DataLoaders` of `(images, labels)`, images [batch, 1, 32, 32]
                          epochs:int=3, # passes over the training set
                          lr:float=1e-2, # peak learning rate of the one cycle
@@ -61,7 +61,7 @@ def fid_classifier(verbose:bool=True, # print whether it was loaded or trained
                           f'in {time.perf_counter() - start:.0f} s, saved to the data folder ({path.name})')
     return model.cpu().eval()
 
-# %% ../nbs/18_fid.ipynb #31217469
+# %% ../nbs/18_fid.ipynb #82f05727
 def _as_feats(f, name:str)->torch.Tensor:
     "`f` as a float64 matrix [samples, features], or a clear error."
     f = torch.as_tensor(f)
@@ -79,7 +79,7 @@ def gaussian_stats(feats, # features [n, d], one row per image (n >= 2)
     fc = f - mu
     return mu, fc.T @ fc / (len(f) - 1)
 
-# %% ../nbs/18_fid.ipynb #eece2b44
+# %% ../nbs/18_fid.ipynb #514d9132
 def sqrtm_newton_schulz(a:torch.Tensor, # symmetric positive semi-definite matrix [n, n]
                         max_iters:int=100, # most iterations
                         tol:float|None=None, # stop when a step changes the root by less than this, relative to its size (default: 1e-11 in float64, 1e-5 in lower precision)
@@ -102,7 +102,7 @@ def sqrtm_newton_schulz(a:torch.Tensor, # symmetric positive semi-definite matri
         if change < tol: break
     return y * norm.sqrt()
 
-# %% ../nbs/18_fid.ipynb #d4eafef1
+# %% ../nbs/18_fid.ipynb #4ab8e5a8
 def frechet_distance(mu1, # mean of the first Gaussian [d]
                      cov1, # its covariance [d, d]
                      mu2, # mean of the second Gaussian [d]
@@ -132,7 +132,7 @@ def fid(feats1, # features of one set of images [n1, d]
     f1, f2 = _check_pair(feats1, feats2)
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
 
-# %% ../nbs/18_fid.ipynb #5c7e4a14
+# %% ../nbs/18_fid.ipynb #af1ab006
 def poly_kernel(x:torch.Tensor, # samples [m, d]
                 y:torch.Tensor, # samples [n, d]
                )->torch.Tensor:
@@ -163,20 +163,23 @@ def kid(feats1, # features of one set of images [n1, d]
         total += float(mmd2_unbiased(f1[i1], f2[i2]))
     return total / n_subsets
 
-# %% ../nbs/18_fid.ipynb #79605219
+# %% ../nbs/18_fid.ipynb #5300ab1e
 class ImageEval:
     "FID and KID of images against a fixed set of real images, in the feature space of a classifier: the real images' features are computed once."
     def __init__(self, classifier:nn.Sequential, # e.g. `fid_classifier()`; the features are what its last layer receives
                  real_images:torch.Tensor, # the reference images [n, 1, 32, 32], in [-1, 1]
                  batch_size:int=500, # images per forward pass
                 ):
-        self.body, self.batch_size = classifier[:-1], batch_size
+        self.body, self.batch_size, self.image_shape = classifier[:-1], batch_size, None
         self.real_feats = self.features(real_images)
+        self.image_shape = tuple(real_images.shape[1:])
         self.real_stats = gaussian_stats(self.real_feats)
 
     def features(self, x:torch.Tensor)->torch.Tensor:
-        "Features [n, d] (float64) of the images `x` [n, channels, height, width]."
+        "Features [n, d] (float64) of the images `x` [n, channels, height, width], the size of the real images."
         if not isinstance(x, torch.Tensor) or x.ndim != 4: raise ValueError(f'expected images [n, channels, height, width], got {getattr(x, "shape", type(x))}')
+        if self.image_shape and tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f'images of shape {tuple(x.shape[1:])} cannot be compared with real images of shape {self.image_shape}')
         device = next(self.body.parameters()).device
         self.body.eval()
         with torch.no_grad(): return torch.cat([self.body(b.to(device).float()).double().cpu() for b in x.split(self.batch_size)])

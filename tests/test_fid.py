@@ -146,3 +146,4 @@ def test_image_eval():
     assert np.isfinite(ev.kid(real[:20], n_subsets=3))
     assert not any(m.training for m in clf.modules() if isinstance(m, torch.nn.BatchNorm2d)), 'features are computed in evaluation mode'
     with pytest.raises(ValueError, match='expected images'): ev.features(real[0])
+    with pytest.raises(ValueError, match='cannot be compared'): ev.kid(real[..., :28, :28])
