@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['ddim_timesteps', 'ddim_sigma', 'ddim_step', 'ddim_sample', 'slerp']
 
-# %% ../nbs/19_ddim.ipynb #a045e587
+# %% ../nbs/19_ddim.ipynb #6c9d702c
 import torch
 from torch import nn
 
-# %% ../nbs/19_ddim.ipynb #d88f81b4
+# %% ../nbs/19_ddim.ipynb #5403e0b7
 def ddim_timesteps(T:int, # timesteps of the noise schedule (`len(abar)`)
                    steps:int, # how many of them the sampler visits, 1 to `T`
                   )->torch.Tensor:
@@ -18,7 +18,7 @@ def ddim_timesteps(T:int, # timesteps of the noise schedule (`len(abar)`)
     if not 1 <= steps <= T: raise ValueError(f'steps must be between 1 and T={T}, got {steps}')
     return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
 
-# %% ../nbs/19_ddim.ipynb #e4618b30
+# %% ../nbs/19_ddim.ipynb #f6176c8e
 def ddim_sigma(abar_t:torch.Tensor, # alpha-bar at the current timestep t
                abar_prev:torch.Tensor, # alpha-bar at the timestep it jumps to (1 for the clean image)
                eta:float=0., # 0: deterministic DDIM; 1: DDPM's posterior standard deviation
@@ -27,7 +27,7 @@ def ddim_sigma(abar_t:torch.Tensor, # alpha-bar at the current timestep t
     abar_t, abar_prev = torch.as_tensor(abar_t), torch.as_tensor(abar_prev)
     return eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
 
-# %% ../nbs/19_ddim.ipynb #dbc3bb19
+# %% ../nbs/19_ddim.ipynb #475d664a
 def ddim_step(x_t:torch.Tensor, # the noisy images at timestep t
               eps:torch.Tensor, # the model's prediction of their noise
               abar_t:torch.Tensor, # alpha-bar at t
@@ -49,7 +49,7 @@ def ddim_step(x_t:torch.Tensor, # the noisy images at timestep t
         x_prev = x_prev + sigma * noise
     return x_prev, x0
 
-# %% ../nbs/19_ddim.ipynb #84a4270f
+# %% ../nbs/19_ddim.ipynb #3fb10cd1
 @torch.no_grad()
 def ddim_sample(model:nn.Module, # predicts the noise: `model(x_t, t)` with `t` a long tensor [n]
                 abar:torch.Tensor, # the schedule's alpha-bar [T] the model was trained with
@@ -82,7 +82,7 @@ def ddim_sample(model:nn.Module, # predicts the noise: `model(x_t, t)` with `t` 
         if was_training: model.train()
     return x.clamp(-1, 1)
 
-# %% ../nbs/19_ddim.ipynb #30f77525
+# %% ../nbs/19_ddim.ipynb #8cb935e5
 def slerp(a:torch.Tensor, # the start [n, ...] (weight 0)
           b:torch.Tensor, # the end, same shape (weight 1)
           w:float, # where between them, 0 to 1
