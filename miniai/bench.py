@@ -149,12 +149,18 @@ def _speed(opts):
     from .accel import train_speed_table
     return '6. ' + train_speed_table(batch_size=32 if opts.quick else 128, repeats=opts.repeats)
 
+def _sampling(opts):
+    "Table 7, from lesson 20: seconds to make 64 images with each diffusion sampler of lessons 17, 19 and 20 (random weights: speed only)."
+    from .karras import sampling_speed_table
+    return '7. ' + sampling_speed_table(n=8 if opts.quick else 64, repeats=opts.repeats, steps=(4, 8) if opts.quick else (25, 50, 100))
+
 TABLES = {'ladder': lambda opts: ladder_table(opts.big_rows, opts.repeats),
           'square': _square,
           'rng': lambda opts: rng_table(opts.rng_count, opts.repeats),
           'learner': _learner,
           'distributed': _distributed,
-          'speed': _speed}
+          'speed': _speed,
+          'sampling': _sampling}
 
 def run_table(table, # a function of the options, or a 'module:function' string naming one
               opts:argparse.Namespace, # the command's options

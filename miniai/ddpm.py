@@ -6,7 +6,7 @@
 __all__ = ['DDPM_FILE', 'fashion32_dls', 'linear_betas', 'abar_from_betas', 'noisify', 'DDPMCB', 'train_ddpm', 'models_dir',
            'ddpm_sample', 'trained_ddpm', 'cosine_abar']
 
-# %% ../nbs/17_ddpm.ipynb #cc2d68aa
+# %% ../nbs/17_ddpm.ipynb #a6196800
 from functools import partial
 from pathlib import Path
 import torch
@@ -21,7 +21,7 @@ from .accel import ChannelsLastCB
 from .augment import save_model, load_model
 from .unet import UNet
 
-# %% ../nbs/17_ddpm.ipynb #52a4bf20
+# %% ../nbs/17_ddpm.ipynb #8fad65e5
 def fashion32_dls(batch_size:int=64, # training batch size (validation batches are twice as big)
                   n_train:int|None=None, # use only the first `n_train` training images (default: all)
                   verbose:bool=True, # print where the data came from
@@ -36,7 +36,7 @@ def fashion32_dls(batch_size:int=64, # training batch size (validation batches a
     def to_32(b): b['image'] = F.pad(b['image'].float()[:, None] / 127.5 - 1, (2, 2, 2, 2), value=-1.)
     return DataLoaders.from_dd(dd.with_transform(to_32), batch_size, **kwargs)
 
-# %% ../nbs/17_ddpm.ipynb #b330cfa2
+# %% ../nbs/17_ddpm.ipynb #c06dae28
 def linear_betas(T:int=1000, # number of diffusion steps
                  beta_min:float=1e-4, # the first step's noise variance
                  beta_max:float=0.02, # the last step's
@@ -51,7 +51,7 @@ def abar_from_betas(betas:torch.Tensor, # the variance schedule [T]
     "alpha-bar: the running product of `1 - betas`, the fraction of the clean image's variance left at each step."
     return torch.cumprod(1 - betas.double(), 0).float()
 
-# %% ../nbs/17_ddpm.ipynb #739482cd
+# %% ../nbs/17_ddpm.ipynb #f64ec339
 def noisify(x0:torch.Tensor, # clean images [batch, ...]
             abar:torch.Tensor, # alpha-bar [T] of the schedule
             generator:torch.Generator|None=None, # source of the random steps and noise (None: PyTorch's global one)
@@ -62,7 +62,7 @@ def noisify(x0:torch.Tensor, # clean images [batch, ...]
     ab = abar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t), eps
 
-# %% ../nbs/17_ddpm.ipynb #b4e90efa
+# %% ../nbs/17_ddpm.ipynb #addf4f45
 class DDPMCB(Callback):
     "Turns each batch `(images, labels)` into `(x_t, t, eps)` with `noisify`, so that `TrainCB(n_inp=2)` trains `model(x_t, t)` to predict `eps`."
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
@@ -74,7 +74,7 @@ class DDPMCB(Callback):
         (xt, t), eps = noisify(learn.batch[0], self.abar, self.generator)
         learn.batch = (xt, t, eps)
 
-# %% ../nbs/17_ddpm.ipynb #9a24346c
+# %% ../nbs/17_ddpm.ipynb #d19500ff
 def train_ddpm(model:nn.Module, # the noise predictor, e.g. `UNet()`
                dls:DataLoaders, # batches of `(images, labels)`, e.g. `fashion32_dls()`
                epochs:int=1, # passes over the training images
@@ -89,7 +89,7 @@ def train_ddpm(model:nn.Module, # the noise predictor, e.g. `UNet()`
     learn.fit(epochs)
     return learn
 
-# %% ../nbs/17_ddpm.ipynb #4d301b5b
+# %% ../nbs/17_ddpm.ipynb #c167bedf
 DDPM_FILE = 'ddpm_fashion.pt'   # lesson 17's model, in `data_dir()/'models'`
 
 def models_dir()->Path:
@@ -98,7 +98,7 @@ def models_dir()->Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/17_ddpm.ipynb #bebc516f
+# %% ../nbs/17_ddpm.ipynb #d8a9a889
 @torch.no_grad()
 def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
                 abar:torch.Tensor, # alpha-bar [T] it was trained with
@@ -129,7 +129,7 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
         if i in keep: kept.append(x.clone())
     return (x, kept) if keep else x
 
-# %% ../nbs/17_ddpm.ipynb #9934a1d4
+# %% ../nbs/17_ddpm.ipynb #fe8c230c
 def trained_ddpm(verbose:bool=True, # say where the model came from
                 )->tuple:
     "Lesson 17's model and its alpha-bar: `(UNet, abar)`, loaded from `models_dir()/DDPM_FILE`, or trained there with `train_ddpm` (one epoch) when missing."
@@ -144,7 +144,7 @@ def trained_ddpm(verbose:bool=True, # say where the model came from
         save_model(model, path)
     return model.eval(), abar
 
-# %% ../nbs/17_ddpm.ipynb #a1a6325d
+# %% ../nbs/17_ddpm.ipynb #a780fc90
 def cosine_abar(T:int=1000, # number of diffusion steps
                 s:float=0.008, # small offset that keeps the first steps' noise from vanishing
                )->torch.Tensor:

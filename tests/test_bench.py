@@ -12,9 +12,9 @@ def test_console_script_quick_run(tmp_path):
     out = subprocess.run([str(exe), '--quick', '--plot', str(tmp_path/'chart.png')], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith('cpu: ')
-    for title in ('1. The matmul ladder', '2. Square float32 matmul', '3. Random numbers', '4. Learner overhead', '5. Data parallel', '6. ResNet training speed'):
+    for title in ('1. The matmul ladder', '2. Square float32 matmul', '3. Random numbers', '4. Learner overhead', '5. Data parallel', '6. ResNet training speed', '7. Sampling'):
         assert title in out.stdout
-    for name in ('matmul_loops', 'matmul_cuda', 'matmul_parallel_numba', 'numpy', 'WichmannHillStreams', 'torch.rand', '2 processes x 1 thread', 'channels_last'): assert name in out.stdout
+    for name in ('matmul_loops', 'matmul_cuda', 'matmul_parallel_numba', 'numpy', 'WichmannHillStreams', 'torch.rand', '2 processes x 1 thread', 'channels_last', 'Heun', 'DDIM (lesson 19)'): assert name in out.stdout
     assert (tmp_path/'chart.png').read_bytes()[:4] == b'\x89PNG'
 
 @pytest.mark.parametrize('args,message', [(['--sizes', 'big'], 'comma-separated whole numbers'), (['--threads', '0'], 'at least 1'),
