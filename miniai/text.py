@@ -123,7 +123,7 @@ def tercile_codes(measures:torch.Tensor, # [n, k] measures of each image
     t = thresholds[labels]
     return (measures > t[..., 1]).to(torch.int8) - (measures < t[..., 0]).to(torch.int8)
 
-# %% ../nbs/22_captions.ipynb #c2200031
+# %% ../nbs/22_captions.ipynb #c2200033
 def attribute_words(codes, # one image's tercile codes (brightness, area), each -1, 0 or 1
                    )->tuple:
     "The attribute words of one image: the bottom-third word for -1, the top-third word for 1, none for 0; size before brightness."
@@ -133,7 +133,7 @@ def attribute_words(codes, # one image's tercile codes (brightness, area), each 
     words = [pair[0] if c < 0 else pair[1] for pair, c in zip(ATTRIBUTE_WORDS, codes) if c]
     return tuple(sorted(words, key=_ADJECTIVE_ORDER.index))
 
-# %% ../nbs/22_captions.ipynb #c2200039
+# %% ../nbs/22_captions.ipynb #c2200041
 HELD_OUT = (('Dress', 'dark'), ('Sneaker', 'light'), ('Bag', 'small'))  # (class, attribute word) pairs no training caption puts together
 
 def _held_out_pairs(held_out)->list:
@@ -173,7 +173,7 @@ def mentions_held_out(text:str, # any caption or prompt
     return any(word in words and any(f' {noun} ' in joined for noun in CLASS_NOUNS[c]) for c, m, v in _held_out_pairs(held_out)
                for word in [ATTRIBUTE_WORDS[m][v > 0]])
 
-# %% ../nbs/22_captions.ipynb #c2200043
+# %% ../nbs/22_captions.ipynb #c2200045
 class FashionCaptions:
     "One split of Fashion-MNIST with its attributes measured once: each image's attribute words and random captions."
     def __init__(self,
@@ -206,14 +206,14 @@ class FashionCaptions:
         "A random caption of each image in `idxs` (e.g. a batch's indices)."
         return [self.caption(int(i), generator) for i in idxs]
 
-# %% ../nbs/22_captions.ipynb #c2200049
+# %% ../nbs/22_captions.ipynb #c2200051
 def caption_vocab()->list:
     "Every word the captions use, sorted: all templates, with every class's nouns and every set of attribute words."
     low, high = ATTRIBUTE_WORDS
     attr_sets = [()] + [(w,) for w in low + high] + [(a, b) for a in low for b in high]
     return sorted({w for c in range(len(CLASS_NOUNS)) for attrs in attr_sets for cap in _captions(c, _check_attrs(attrs)) for w in split_words(cap)})
 
-# %% ../nbs/22_captions.ipynb #c2200052
+# %% ../nbs/22_captions.ipynb #c2200054
 SPECIAL_TOKENS = ('<pad>', '<unk>', '<bos>', '<eos>')  # ids 0 to 3 of every `Tokenizer`
 
 class Tokenizer:
