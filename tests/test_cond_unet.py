@@ -1,0 +1,202 @@
+"The conditioned U-Net: shapes for several sizes, padding tokens that change nothing, tokens that do change the output, the pooled vector's FiLM path, gradients reaching every parameter, caption dropout's rate, Karras targets equal to -v at sigma_data 1, guidance equal to the conditional prediction at scale 1 (and to the unconditional at 0), and load-or-train with clear errors."
+import json
+import pytest, torch
+from torch import nn
+from hypothesis import given, settings, strategies as st
+from miniai.attention import CrossAttention2d
+from miniai.clip import CLIPModel
+from miniai.karras import noisify_karras
+from miniai.text import caption_tokenizer, FashionCaptions
+from miniai.unet import UNet
+from miniai.cond_unet import (CondUNet, text_condition, caption_dropout, CondDiffusionCB, latent_dls, train_cond_unet, CondKarrasDenoiser,
+                              cfg_combine, GuidedDenoiser, generate, encode_latents, trained_cond_unet)
+from miniai.vae import VAE
+
+D = 16   # token width of the small test models
+
+def small_unet(seed=0, **kw):
+    torch.manual_seed(seed)
+    return CondUNet(nfs=kw.pop('nfs', (8, 16)), d_context=D, d_pooled=D, n_heads=2, **kw)
+
+def randomize_attention(model, std=0.3):
+    "Give every cross-attention a non-zero output projection (at zero init the attention's output is 0 whatever it reads)."
+    for m in model.modules():
+        if isinstance(m, CrossAttention2d): nn.init.normal_(m.attn.out_proj.weight, std=std)
+    return model
+
+def cond(n, L, seed=0, n_real=None):
+    g = torch.Generator().manual_seed(seed)
+    context, pooled = torch.randn(n, L, D, generator=g), torch.randn(n, D, generator=g)
+    mask = torch.ones(n, L, dtype=torch.bool) if n_real is None else torch.arange(L)[None] < torch.as_tensor(n_real)[:, None]
+    return context, mask, pooled
+
+@pytest.fixture(scope='module')
+def clip_tok():
+    tok = caption_tokenizer()
+    torch.manual_seed(0)
+    return CLIPModel(len(tok), tok.max_len, d_emb=D, nfs=(4, 8), d_model=D, n_heads=2, n_layers=1), tok
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([((8, 16), 8), ((8, 16, 16), 8), ((8,), 4), ((8, 16), 4)]), st.integers(0, 3), st.integers(1, 6))
+def test_shapes(n, arch, attn_from, L):
+    nfs, size = arch
+    m = small_unet(nfs=nfs, attn_from=min(attn_from, len(nfs)))
+    x = torch.randn(n, 4, size, size)
+    assert m(x, torch.zeros(n), *cond(n, L)).shape == x.shape
+    levels = [i for i in range(len(nfs)) if i >= m.config['attn_from']]   # each: 1 down block, 2 up blocks; plus the middle if any
+    assert sum(isinstance(q, CrossAttention2d) for q in m.modules()) == 3 * len(levels) + (1 if levels else 0)
+
+def test_attention_count_and_params():
+    m = CondUNet()   # the lesson's default: 8x8 latents, attention at 4x4 and in the middle
+    assert sum(isinstance(q, CrossAttention2d) for q in m.modules()) == 4
+    assert sum(isinstance(q, CrossAttention2d) for q in CondUNet(attn_from=2).modules()) == 0
+    assert sum(isinstance(q, CrossAttention2d) for q in CondUNet(attn_from=0).modules()) == 1 + 1 + 1 + 2 + 2   # down at 8x8 and 4x4, middle, up at 4x4 and 8x8
+    extra = sum(p.numel() for p in m.parameters()) - sum(p.numel() for p in UNet(4, 4, (64, 128), 1).parameters())
+    assert extra == sum(p.numel() for q in m.modules() if isinstance(q, CrossAttention2d) for p in q.parameters()) + 128 * 256 + 256
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.integers(0, 1000))
+def test_masked_tokens_have_no_effect(n, L, extra, seed):
+    m = randomize_attention(small_unet(seed % 7)).eval()
+    x = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    n_real = torch.randint(1, L + 1, (n,), generator=torch.Generator().manual_seed(seed))
+    context, mask, pooled = cond(n, L + extra, seed, n_real)
+    g = torch.Generator().manual_seed(seed + 1)
+    garbage = torch.where(mask[..., None], context, 100 * torch.randn(context.shape, generator=g))
+    with torch.no_grad():
+        a = m(x, torch.zeros(n), context, mask, pooled)
+        b = m(x, torch.zeros(n), garbage, mask, pooled)
+        c = m(x, torch.zeros(n), context[:, :L], mask[:, :L], pooled)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+def test_tokens_and_pooled_both_change_the_output():
+    m = randomize_attention(small_unet()).eval()
+    x = torch.randn(2, 4, 8, 8)
+    context, mask, pooled = cond(2, 5)
+    with torch.no_grad():
+        base = m(x, torch.zeros(2), context, mask, pooled)
+        other_tokens = m(x, torch.zeros(2), context.flip(0), mask, pooled)
+        other_pooled = m(x, torch.zeros(2), context, mask, pooled.flip(0))
+    assert (base - other_tokens).abs().max() > 1e-3
+    assert (base - other_pooled).abs().max() > 1e-3
+    # images in a batch do not mix: each output depends only on its own input and condition
+    with torch.no_grad(): one = m(x[:1], torch.zeros(1), context[:1], mask[:1], pooled[:1])
+    torch.testing.assert_close(one, base[:1], atol=1e-5, rtol=1e-5)
+
+def test_gradients_reach_all_params():
+    "After one step (the zero-initialised output projections block the attention's other gradients at first) every parameter gets a gradient."
+    m = small_unet()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, context, mask, pooled = torch.randn(4, 4, 8, 8), *cond(4, 5, n_real=[5, 3, 2, 1])
+    for _ in range(2):
+        opt.zero_grad()
+        m(x, torch.randn(4), context, mask, pooled).pow(2).mean().backward()
+        opt.step()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead
+
+def test_bad_inputs():
+    m = small_unet()
+    x = torch.randn(2, 4, 8, 8)
+    context, mask, pooled = cond(2, 3)
+    with pytest.raises(ValueError, match='pooled must be'): m(x, torch.zeros(2), context, mask, pooled[:, :3])
+    with pytest.raises(ValueError, match='context must be'): m(x, torch.zeros(2), context[:1], mask[:1], pooled)
+    with pytest.raises(ValueError, match='multiples of 2'): m(torch.randn(2, 4, 7, 7), torch.zeros(2), context, mask, pooled)
+    with pytest.raises(ValueError, match='attn_from'): CondUNet(attn_from=5)
+
+@pytest.mark.parametrize('p', [0., 0.15, 0.5, 1.])
+def test_caption_dropout_rate(p):
+    n = 20_000
+    out = caption_dropout(['a bag'] * n, p, torch.Generator().manual_seed(1))
+    rate = out.count('') / n
+    assert abs(rate - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-12
+    assert set(out) <= {'', 'a bag'}
+    with pytest.raises(ValueError, match='probability'): caption_dropout(['a'], -0.1)
+
+def test_caption_dropout_is_seeded_and_keeps_order():
+    caps = [f'a photo of bag {i}' for i in range(50)]
+    a = caption_dropout(caps, 0.3, torch.Generator().manual_seed(5))
+    assert a == caption_dropout(caps, 0.3, torch.Generator().manual_seed(5))
+    assert all(o in ('', c) for o, c in zip(a, caps))
+
+def test_text_condition(clip_tok):
+    clip, tok = clip_tok
+    context, mask, pooled = text_condition(clip, tok, ['a photo of a dark dress', ''])
+    assert context.shape == (2, 8, D) and mask.tolist()[1] == [True, True] + [False] * 6
+    torch.testing.assert_close(pooled.norm(dim=1), torch.ones(2))
+    c1, _, p1 = text_condition(clip, tok, ['a photo of a dark dress'])
+    torch.testing.assert_close(c1[0], context[0], atol=1e-5, rtol=1e-5); torch.testing.assert_close(p1[0], pooled[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='list of texts'): text_condition(clip, tok, 'a bag')
+    with pytest.raises(ValueError, match='list of texts'): text_condition(clip, tok, [])
+
+def test_karras_target_is_minus_v():
+    x0 = torch.randn(32, 4, 8, 8)
+    (x_in, _), target = noisify_karras(x0, sigma_data=1., p_mean=-0.5, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    sigma = (-0.5 + 1.2 * torch.randn(32, generator=g)).exp()[:, None, None, None]
+    eps = torch.randn(x0.shape, generator=g)
+    a, s = (1 + sigma ** 2).rsqrt(), sigma * (1 + sigma ** 2).rsqrt()
+    torch.testing.assert_close(target, -(a * eps - s * x0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x_in, a * x0 + s * eps, atol=1e-5, rtol=1e-5)
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-5, 10), st.integers(0, 1000))
+def test_cfg_combine(scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    u, c = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    torch.testing.assert_close(cfg_combine(u, c, scale), (1 - scale) * u + scale * c, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cfg_combine(u, c, 1.), c); torch.testing.assert_close(cfg_combine(u, c, 0.), u)
+
+def test_guidance_at_scale_1_equals_conditional(clip_tok):
+    clip, tok = clip_tok
+    den = CondKarrasDenoiser(randomize_attention(small_unet()).eval(), 1.)
+    c, u = text_condition(clip, tok, ['a photo of a large dark coat']), text_condition(clip, tok, [''])
+    x = 3 * torch.randn(5, 4, 8, 8)
+    ex = lambda t: t.expand(5, *t.shape[1:])
+    with torch.no_grad():
+        d_c, d_u = den(x, 3., *map(ex, c)), den(x, 3., *map(ex, u))
+        for s, want in ((1., d_c), (0., d_u), (3., d_u + 3 * (d_c - d_u))):
+            torch.testing.assert_close(GuidedDenoiser(den, c, u, s)(x, 3.), want, atol=1e-5, rtol=1e-5)
+    assert (d_c - d_u).abs().max() > 1e-4   # the condition matters, so the test could fail
+    per_image = text_condition(clip, tok, ['a bag', 'a coat', 'a dress', 'a shirt', ''])
+    with torch.no_grad(): torch.testing.assert_close(GuidedDenoiser(den, per_image, u, 1.)(x, 3.), den(x, 3., *per_image), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='one per image'): GuidedDenoiser(den, text_condition(clip, tok, ['a', 'b']), u)(x, 3.)
+
+def test_callback_batch_and_training(clip_tok, tmp_path):
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=g), torch.arange(40) % 10
+    vae = VAE(nfs=(4, 8, 8))
+    lat = encode_latents(vae, images, 2.)
+    assert lat.shape == (40, 4, 8, 8)
+    caps = FashionCaptions(images, labels)
+    cb = CondDiffusionCB(clip, tok, caps, p_uncond=1., generator=torch.Generator().manual_seed(0))
+    learn = type('L', (), {})(); learn.batch = (lat[:6], torch.arange(6))
+    cb.before_batch(learn)
+    x, c_noise, context, mask, pooled, target = learn.batch
+    assert x.shape == target.shape == (6, 4, 8, 8) and c_noise.shape == (6,) and mask.shape == (6, 2)   # all dropped: <bos> <eos>
+    m = small_unet()
+    learn = train_cond_unet(m, latent_dls(lat, 16), clip, tok, caps, epochs=1, generator=torch.Generator().manual_seed(0))
+    assert len(learn.log.losses) == 2 and all(map(lambda v: v == v, learn.log.losses))
+    with pytest.raises(ValueError, match='same images'): train_cond_unet(m, latent_dls(lat[:20], 16), clip, tok, caps)
+    imgs = generate(CondKarrasDenoiser(m, 1.), clip, tok, vae, 2., ['a bag', ''], steps=2, generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (2, 1, 32, 32) and imgs.abs().max() <= 1
+    again = generate(CondKarrasDenoiser(m, 1.), clip, tok, vae, 2., ['a bag', ''], steps=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(imgs, again)
+
+def test_trained_cond_unet_saves_loads_and_refuses(clip_tok, tmp_path):
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
+    lat = torch.randn(32, 4, 8, 8, generator=g)
+    path = tmp_path/'m.pt'
+    den, rec = trained_cond_unet(lat, FashionCaptions(images, labels), clip, tok, 1.5, epochs=1, batch_size=32, path=path, verbose=False)
+    assert rec['steps'] == 1 and rec['latent_scale'] == 1.5 and rec['config']['d_context'] == D
+    den2, rec2 = trained_cond_unet(lat, None, clip, tok, 1.5, epochs=1, batch_size=32, path=path, verbose=False)
+    assert rec2 == rec
+    for a, b in zip(den.model.state_dict().values(), den2.model.state_dict().values()): assert torch.equal(a, b)
+    path.write_bytes(b'junk')
+    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
+    path.with_suffix('.json').write_text('{not json')
+    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
