@@ -6,7 +6,7 @@
 __all__ = ['clip_loss', 'CLIPModel', 'fashion_thresholds', 'CaptionCB', 'train_clip', 'class_prompts', 'similarity',
            'zero_shot_classify', 'attribute_choice', 'save_clip', 'load_clip', 'trained_clip']
 
-# %% ../nbs/24_clip.ipynb #5ffafeeb
+# %% ../nbs/24_clip.ipynb #c2400002
 import json, math
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from .karras import LossLogCB
 from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, Tokenizer, all_captions, attribute_words, caption_tokenizer,
                          captions_for, drop_held_out, pixel_measures, tercile_codes, tercile_thresholds, TEMPLATES)
 
-# %% ../nbs/24_clip.ipynb #c9cf0b62
+# %% ../nbs/24_clip.ipynb #c2400008
 def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image i against every caption of the batch
               keys:torch.Tensor|None=None, # [n] content of each pair (equal keys: the captions say the same); None: all different
              )->torch.Tensor:
@@ -40,7 +40,7 @@ def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image 
     t2i = -(target * logits.T.log_softmax(1)).sum(1).mean()
     return (i2t + t2i) / 2
 
-# %% ../nbs/24_clip.ipynb #6e550cc5
+# %% ../nbs/24_clip.ipynb #c2400015
 class CLIPModel(nn.Module):
     "An image encoder and a text encoder into one `d_emb`-dimensional space, L2-normalised, and a learned temperature; `model(images, ids, mask)` gives the scaled similarities."
     def __init__(self,
@@ -84,7 +84,7 @@ class CLIPModel(nn.Module):
         if len(images) != len(ids): raise ValueError(f'{len(images)} images but {len(ids)} captions: a batch holds image-caption pairs')
         return self.scale * self.encode_image(images) @ self.encode_text(ids, mask).T
 
-# %% ../nbs/24_clip.ipynb #43ce271e
+# %% ../nbs/24_clip.ipynb #c2400025
 def fashion_thresholds(verbose:bool=False, # print where the data came from
                       )->torch.Tensor:
     "Lesson 22's terciles [10, 2, 2] of brightness and area per class, measured on the whole Fashion-MNIST training split."
@@ -92,7 +92,7 @@ def fashion_thresholds(verbose:bool=False, # print where the data came from
     (x, y), _ = load_fashion(verbose=verbose)
     return tercile_thresholds(pixel_measures(x), y)
 
-# %% ../nbs/24_clip.ipynb #1f755605
+# %% ../nbs/24_clip.ipynb #c2400027
 class CaptionCB(Callback):
     "Turns each batch `(images, labels)` into `(images, ids, mask, keys)`: a random caption per image, true to its class and measured attributes (held-out words dropped), tokenized; equal keys for captions with the same content."
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
@@ -115,7 +115,7 @@ class CaptionCB(Callback):
         L = int(mask.sum(1).max())   # the padding after the longest caption changes nothing (lesson 23): drop it
         learn.batch = (images, ids[:, :L].to(images.device), mask[:, :L].to(images.device), keys.to(images.device))
 
-# %% ../nbs/24_clip.ipynb #dc3612c4
+# %% ../nbs/24_clip.ipynb #c2400032
 def train_clip(model:CLIPModel, # the two encoders and the temperature
                dls, # `DataLoaders` of `(images, labels)`, e.g. `fashion32_dls()`
                tokenizer:Tokenizer, # the captions' tokenizer (its vocabulary is the text encoder's)
@@ -136,7 +136,7 @@ def train_clip(model:CLIPModel, # the two encoders and the temperature
     learn.fit(epochs, valid=False)
     return learn
 
-# %% ../nbs/24_clip.ipynb #1b70c3fe
+# %% ../nbs/24_clip.ipynb #c2400036
 def class_prompts(attrs=(), # attribute words to put before each class's noun, e.g. `('dark',)`
                   template:int=0, # which of lesson 22's `TEMPLATES` (0: 'a photo of {a} {adj} {noun}')
                  )->list:
@@ -144,7 +144,7 @@ def class_prompts(attrs=(), # attribute words to put before each class's noun, e
     if not 0 <= template < len(TEMPLATES): raise ValueError(f'template must be 0 to {len(TEMPLATES) - 1} (an index into TEMPLATES), got {template}')
     return [all_captions(c, attrs)[template * len(CLASS_NOUNS[c])] for c in range(len(CLASS_NOUNS))]   # template-major, plain noun first
 
-# %% ../nbs/24_clip.ipynb #85e8ecb0
+# %% ../nbs/24_clip.ipynb #c2400038
 @torch.no_grad()
 def similarity(model:CLIPModel, # trained encoders (`encode_image`, `encode_text`)
                tokenizer:Tokenizer, # the captions' tokenizer
@@ -160,7 +160,7 @@ def similarity(model:CLIPModel, # trained encoders (`encode_image`, `encode_text
     txt = model.encode_text(ids.to(device), mask.to(device))
     return torch.cat([model.encode_image(xb.to(device)) @ txt.T for xb in images.split(batch_size)]).cpu()
 
-# %% ../nbs/24_clip.ipynb #4b4ef2ea
+# %% ../nbs/24_clip.ipynb #c2400039
 def zero_shot_classify(model:CLIPModel, # trained encoders
                        tokenizer:Tokenizer, # the captions' tokenizer
                        images:torch.Tensor, # [n, 1, h, w] in [-1, 1]
@@ -169,7 +169,7 @@ def zero_shot_classify(model:CLIPModel, # trained encoders
     "The index of the prompt each image is most similar to: [n] long."
     return similarity(model, tokenizer, images, prompts).argmax(1)
 
-# %% ../nbs/24_clip.ipynb #dfb7da5e
+# %% ../nbs/24_clip.ipynb #c2400045
 def attribute_choice(model:CLIPModel, # trained encoders
                      tokenizer:Tokenizer, # the captions' tokenizer
                      images:torch.Tensor, # [n, 1, h, w] in [-1, 1]
@@ -184,7 +184,7 @@ def attribute_choice(model:CLIPModel, # trained encoders
     rows = torch.arange(len(images))
     return torch.where(sims[rows, 10 + labels] > sims[rows, labels], 1, -1).to(torch.int8)
 
-# %% ../nbs/24_clip.ipynb #7eb2d0f0
+# %% ../nbs/24_clip.ipynb #c2400048
 def save_clip(model:CLIPModel, # the trained model
               tokenizer:Tokenizer, # its tokenizer
               path:str|Path, # weights file to write; the record goes beside it, as `.json`
@@ -196,7 +196,7 @@ def save_clip(model:CLIPModel, # the trained model
     path.with_suffix('.json').write_text(json.dumps(dict(record or {}, config=model.config, vocab=tokenizer.itos, max_len=tokenizer.max_len)))
     return path
 
-# %% ../nbs/24_clip.ipynb #768d7388
+# %% ../nbs/24_clip.ipynb #c2400049
 def load_clip(path:str|Path, # weights file written by `save_clip`
              )->tuple:
     "`(model, tokenizer, record)` from `save_clip`'s two files: the model rebuilt from its configuration, the tokenizer from its vocabulary."
@@ -214,7 +214,7 @@ def load_clip(path:str|Path, # weights file written by `save_clip`
     load_model(model, path)
     return model.eval(), tokenizer, record
 
-# %% ../nbs/24_clip.ipynb #5c60d185
+# %% ../nbs/24_clip.ipynb #c2400052
 def trained_clip(epochs:int=2, # passes over the training images, if it has to train
                  batch_size:int=128, # image-caption pairs per batch, if it has to train
                  n_train:int|None=None, # train on the first `n_train` images only (None: all 60,000), for quick checks
