@@ -6,7 +6,7 @@
 __all__ = ['encode_latents', 'text_condition', 'CondUNet', 'caption_dropout', 'CondDiffusionCB', 'latent_dls', 'train_cond_unet',
            'CondKarrasDenoiser', 'cfg_combine', 'GuidedDenoiser', 'generate', 'trained_cond_unet']
 
-# %% ../nbs/25_cond_unet.ipynb #c031ef6d
+# %% ../nbs/25_cond_unet.ipynb #c99962a5
 import json, math, time
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from .karras import KarrasDenoiser, LossLogCB, noisify_karras, sample_heun, sigm
 from .text import FashionCaptions, Tokenizer
 from .vae import VAE
 
-# %% ../nbs/25_cond_unet.ipynb #56bb6fce
+# %% ../nbs/25_cond_unet.ipynb #2e876f2c
 @torch.no_grad()
 def encode_latents(vae:VAE, # a trained VAE (lesson 21)
                    images:torch.Tensor, # uint8 Fashion-MNIST images [n, 28, 28], as `load_fashion` gives them
@@ -38,7 +38,7 @@ def encode_latents(vae:VAE, # a trained VAE (lesson 21)
     def to_32(xb): return F.pad(xb.float()[:, None] / 127.5 - 1, (2, 2, 2, 2), value=-1.)
     return torch.cat([vae.encode(to_32(xb).to(device))[0].cpu() * scale for xb in images.split(batch_size)])
 
-# %% ../nbs/25_cond_unet.ipynb #784deda7
+# %% ../nbs/25_cond_unet.ipynb #8282ec9d
 @torch.no_grad()
 def text_condition(clip:nn.Module, # a `CLIPModel` (lesson 24): its text encoder and projection are used, frozen
                    tokenizer:Tokenizer, # the captions' tokenizer
@@ -57,7 +57,7 @@ def text_condition(clip:nn.Module, # a `CLIPModel` (lesson 24): its text encoder
     device = cdev if device is None else device
     return context.to(device), mask.to(device), pooled.to(device)
 
-# %% ../nbs/25_cond_unet.ipynb #d68fe8d0
+# %% ../nbs/25_cond_unet.ipynb #2add4736
 class CondUNet(UNet):
     "Lesson 16's `UNet` conditioned on text: cross-attention to the caption's token features at the low resolutions, and the pooled text embedding added to the time embedding (so every block's scale and shift sees it)."
     def __init__(self,
@@ -114,7 +114,7 @@ class CondUNet(UNet):
             if u.up is not None: x = u.up(x)
         return self.conv_out(x)
 
-# %% ../nbs/25_cond_unet.ipynb #96442c55
+# %% ../nbs/25_cond_unet.ipynb #dfbe3556
 def caption_dropout(captions:list, # the batch's captions
                     p:float=0.15, # probability that a caption is replaced by the empty caption ''
                     generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
@@ -124,7 +124,7 @@ def caption_dropout(captions:list, # the batch's captions
     drop = torch.rand(len(captions), generator=generator) < p
     return ['' if d else c for c, d in zip(captions, drop.tolist())]
 
-# %% ../nbs/25_cond_unet.ipynb #d65fd121
+# %% ../nbs/25_cond_unet.ipynb #8c36fbbe
 class CondDiffusionCB(Callback):
     "Turns each batch `(latents, indices)` into `(c_in*x, c_noise, context, mask, pooled, target)`: a random caption per image (dropped to '' with probability `p_uncond`), encoded by the frozen text encoder, and `noisify_karras` noise."
     order = DeviceCB.order + 0.5   # after the batch is on its device
@@ -149,7 +149,7 @@ class CondDiffusionCB(Callback):
         (x, c_noise), target = noisify_karras(x0, self.sigma_data, self.p_mean, self.p_std, self.generator)
         learn.batch = (x, c_noise, context, mask, pooled, target)
 
-# %% ../nbs/25_cond_unet.ipynb #23d7bd3f
+# %% ../nbs/25_cond_unet.ipynb #d8a006eb
 def latent_dls(latents:torch.Tensor, # cached latents [n, c, h, w], from `encode_latents`
                batch_size:int=128, # latents per training batch
               )->DataLoaders:
@@ -179,7 +179,7 @@ def train_cond_unet(model:CondUNet, # the network
     learn.fit(epochs, valid=False)
     return learn
 
-# %% ../nbs/25_cond_unet.ipynb #88b218ee
+# %% ../nbs/25_cond_unet.ipynb #9c0ef928
 class CondKarrasDenoiser(KarrasDenoiser):
     "Lesson 20's `KarrasDenoiser` with a condition: `D(x, sigma, context, mask, pooled) = c_skip*x + c_out*model(c_in*x, c_noise, context, mask, pooled)`."
     def forward(self, x, sigma, context, mask, pooled):
@@ -187,7 +187,7 @@ class CondKarrasDenoiser(KarrasDenoiser):
         c_skip, c_out, c_in, c_noise = karras_scalings(sigma, self.sigma_data)
         return _per_image(c_skip, x) * x + _per_image(c_out, x) * self.model(_per_image(c_in, x) * x, c_noise, context, mask, pooled)
 
-# %% ../nbs/25_cond_unet.ipynb #4f9cad3f
+# %% ../nbs/25_cond_unet.ipynb #6e2f234f
 def cfg_combine(uncond:torch.Tensor, # the unconditional prediction
                 cond:torch.Tensor, # the conditional prediction, same shape
                 scale:float, # guidance scale s: 0 is unconditional, 1 conditional, more pushes further from unconditional
@@ -222,7 +222,7 @@ class GuidedDenoiser(nn.Module):
         cond, uncond = both.chunk(2)
         return cfg_combine(uncond, cond, self.scale)
 
-# %% ../nbs/25_cond_unet.ipynb #e1608750
+# %% ../nbs/25_cond_unet.ipynb #1628d945
 @torch.no_grad()
 def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
              clip:nn.Module, # the CLIP model it was trained with
@@ -247,7 +247,7 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
     vae.eval()
     return vae.decode(z.to(next(vae.parameters()).device) / scale).clamp(-1, 1).cpu()
 
-# %% ../nbs/25_cond_unet.ipynb #081c7d98
+# %% ../nbs/25_cond_unet.ipynb #d5d576ed
 def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 8], from `encode_latents`
                       captions:FashionCaptions, # the same images' captions
                       clip:nn.Module, # the CLIP model whose text encoder conditions it
@@ -266,6 +266,9 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
     if path.is_file() and rec_path.is_file():
         try: record = json.loads(rec_path.read_text())
         except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
+        if not math.isclose(record.get('latent_scale', float('nan')), scale, rel_tol=1e-6):
+            raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, not {scale}: another VAE's latents; "
+                             f'delete {path.name} and {rec_path.name} to train again, or pass its own path')
         model = CondUNet(**record['config'])
         try: load_model(model, path)
         except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e

@@ -196,6 +196,7 @@ def test_trained_cond_unet_saves_loads_and_refuses(clip_tok, tmp_path):
     den2, rec2 = trained_cond_unet(lat, None, clip, tok, 1.5, epochs=1, batch_size=32, path=path, verbose=False)
     assert rec2 == rec
     for a, b in zip(den.model.state_dict().values(), den2.model.state_dict().values()): assert torch.equal(a, b)
+    with pytest.raises(ValueError, match='another VAE'): trained_cond_unet(lat, None, clip, tok, 1.6, path=path, verbose=False)
     path.write_bytes(b'junk')
     with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
     path.with_suffix('.json').write_text('{not json')
