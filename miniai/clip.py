@@ -215,7 +215,7 @@ def load_clip(path:str|Path, # weights file written by `save_clip`
     return model.eval(), tokenizer, record
 
 # %% ../nbs/24_clip.ipynb #c2400052
-def trained_clip(epochs:int=2, # passes over the training images, if it has to train
+def trained_clip(epochs:int=5, # passes over the training images, if it has to train
                  batch_size:int=128, # image-caption pairs per batch, if it has to train
                  n_train:int|None=None, # train on the first `n_train` images only (None: all 60,000), for quick checks
                  verbose:bool=True, # say where the model came from
