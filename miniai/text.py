@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['CLASS_NOUNS', 'PLURAL_NOUNS', 'ATTRIBUTE_WORDS', 'TEMPLATES', 'ATTRIBUTE_TEMPLATES', 'HELD_OUT', 'SPECIAL_TOKENS',
            'split_words', 'all_captions', 'captions_for', 'pixel_measures', 'tercile_thresholds', 'tercile_codes',
-           'attribute_words', 'held_out_mask', 'drop_held_out', 'mentions_held_out', 'FashionCaptions', 'caption_vocab',
-           'Tokenizer', 'caption_tokenizer']
+           'attribute_words', 'held_out_mask', 'drop_held_out', 'mentions_held_out', 'omit_words', 'FashionCaptions',
+           'caption_vocab', 'Tokenizer', 'caption_tokenizer']
 
 # %% ../nbs/22_captions.ipynb #c2200003
 import operator, re
@@ -173,6 +173,17 @@ def mentions_held_out(text:str, # any caption or prompt
     return any(word in words and any(f' {noun} ' in joined for noun in CLASS_NOUNS[c]) for c, m, v in _held_out_pairs(held_out)
                for word in [ATTRIBUTE_WORDS[m][v > 0]])
 
+# %% ../nbs/22_captions.ipynb #62af056c
+def omit_words(words:tuple, # attribute words of one image, e.g. `('small', 'dark')`
+               p:float, # probability of leaving out each word, independently
+               generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
+              )->tuple:
+    "`words` with each left out with probability `p`, the rest in order: a caption need not say everything true of its image."
+    if not 0 <= p <= 1: raise ValueError(f'p must be a probability in [0, 1], got {p}')
+    if not words or p == 0: return tuple(words)   # no draw: with p = 0 the captions, and the generator's stream, are as before
+    keep = (torch.rand(len(words), generator=generator) >= p).tolist()
+    return tuple(w for w, k in zip(words, keep) if k)
+
 # %% ../nbs/22_captions.ipynb #c2200045
 class FashionCaptions:
     "One split of Fashion-MNIST with its attributes measured once: each image's attribute words and random captions."
@@ -182,26 +193,28 @@ class FashionCaptions:
                  thresholds:torch.Tensor|None=None, # terciles from the training set (None: compute them from these images)
                  held_out=HELD_OUT, # (class name, attribute word) pairs
                  hide_held_out:bool=True, # leave held-out words out of captions (True for training, False for validation)
+                 p_omit:float=0., # probability that a caption leaves out each attribute word (`omit_words`); lessons 24 and 25 train with 0.5
                 ):
         if len(images) != len(labels): raise ValueError(f'{len(images):,} images but {len(labels):,} labels: give one label per image')
         self.labels = torch.as_tensor(labels).long()
         self.measures = pixel_measures(images)
         self.thresholds = tercile_thresholds(self.measures, self.labels, len(CLASS_NOUNS)) if thresholds is None else thresholds
         self.codes = tercile_codes(self.measures, self.labels, self.thresholds)
-        self.held_out, self.hide_held_out = held_out, hide_held_out
+        if not 0 <= p_omit <= 1: raise ValueError(f'p_omit must be a probability in [0, 1], got {p_omit}')
+        self.held_out, self.hide_held_out, self.p_omit = held_out, hide_held_out, p_omit
         self.is_held_out = held_out_mask(self.labels, self.codes, held_out)
         self._labels, self._codes = self.labels.tolist(), [tuple(c) for c in self.codes.tolist()]
     def __len__(self): return len(self._labels)
     def __repr__(self):
         return (f'FashionCaptions({len(self):,} images, {int(self.is_held_out.sum()):,} showing a held-out pair, '
-                f'{"hidden from" if self.hide_held_out else "named in"} captions)')
+                f'{"hidden from" if self.hide_held_out else "named in"} captions' + (f', each attribute word left out with p={self.p_omit:g})' if self.p_omit else ')'))
     def words(self, i:int)->tuple:
         "The attribute words image `i`'s captions use (held-out ones dropped if `hide_held_out`)."
         words = attribute_words(self._codes[i])
         return drop_held_out(self._labels[i], words, self.held_out) if self.hide_held_out else words
     def caption(self, i:int, generator:torch.Generator|None=None)->str:
-        "A random caption of image `i`."
-        return captions_for(self._labels[i], self.words(i), generator)
+        "A random caption of image `i` (each of its words left out with probability `p_omit`)."
+        return captions_for(self._labels[i], omit_words(self.words(i), self.p_omit, generator), generator)
     def captions(self, idxs, generator:torch.Generator|None=None)->list:
         "A random caption of each image in `idxs` (e.g. a batch's indices)."
         return [self.caption(int(i), generator) for i in idxs]

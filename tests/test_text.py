@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from miniai.fashion import FASHION_CLASSES
 from miniai.text import (CLASS_NOUNS, PLURAL_NOUNS, ATTRIBUTE_WORDS, TEMPLATES, ATTRIBUTE_TEMPLATES, HELD_OUT, SPECIAL_TOKENS, split_words,
                          all_captions, captions_for, pixel_measures, tercile_thresholds, tercile_codes, attribute_words, held_out_mask,
-                         drop_held_out, mentions_held_out, FashionCaptions, caption_vocab, Tokenizer, caption_tokenizer)
+                         drop_held_out, mentions_held_out, omit_words, FashionCaptions, caption_vocab, Tokenizer, caption_tokenizer)
 
 ATTR_SETS = [()] + [(w,) for pair in ATTRIBUTE_WORDS for w in pair] + [(a, b) for a in ATTRIBUTE_WORDS[1] for b in ATTRIBUTE_WORDS[0]]
 TOK = caption_tokenizer()
@@ -139,6 +139,40 @@ def test_training_captions_never_pair_held_out_words(sample):
     held = everything.is_held_out.nonzero()[:, 0]
     assert all(map(mentions_held_out, everything.captions(held, g)))
     assert not any(map(mentions_held_out, everything.captions((~everything.is_held_out).nonzero()[:, 0], g)))
+
+@given(st.lists(st.sampled_from(['small', 'large', 'dark', 'light']), unique=True, max_size=4), st.floats(0, 1), st.integers(0, 2**31 - 1))
+def test_omit_words_keeps_an_ordered_subset(words, p, seed):
+    out = omit_words(tuple(words), p, torch.Generator().manual_seed(seed))
+    rest = iter(words)
+    assert all(w in rest for w in out)   # a subsequence: nothing added, order kept
+    if p == 0: assert out == tuple(words)
+    if p == 1: assert out == ()
+
+def test_omit_words_rate():
+    "Each word is left out independently with probability p: counts within 4 standard deviations of the binomial mean."
+    g, n, p = torch.Generator().manual_seed(0), 4000, 0.3
+    outs = [omit_words(('small', 'dark'), p, g) for _ in range(n)]
+    sd = (n * p * (1 - p)) ** 0.5
+    for w in ('small', 'dark'): assert abs(sum(w not in o for o in outs) - n * p) < 4 * sd
+    both = sum(o == () for o in outs)
+    assert abs(both - n * p * p) < 4 * (n * p * p * (1 - p * p)) ** 0.5
+
+@pytest.mark.parametrize('p', [-0.1, 1.5, float('nan')])
+def test_omit_words_errors(p):
+    with pytest.raises(ValueError, match='probability'): omit_words(('dark',), p)
+    with pytest.raises(ValueError, match='probability'): FashionCaptions(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2), torch.zeros(10, 2, 2), p_omit=p)
+
+def test_captions_that_omit_words_say_nothing_new(sample):
+    "With p_omit the captions only lose attribute words: each caption's words are a subset of the image's, some are missing, no held-out pair."
+    full = FashionCaptions(*sample)
+    casual = FashionCaptions(*sample, thresholds=full.thresholds, p_omit=0.5)
+    g, attrs = torch.Generator().manual_seed(0), {w for pair in ATTRIBUTE_WORDS for w in pair}
+    caps = casual.captions(range(len(casual)), g)
+    said = [set(split_words(c)) & attrs for c in caps]
+    assert all(s <= set(full.words(i)) for i, s in enumerate(said))
+    assert sum(len(s) for s in said) < 0.7 * sum(len(full.words(i)) for i in range(len(full)))
+    assert not any(map(mentions_held_out, caps))
+    assert 'p=0.5' in repr(casual) and 'p=' not in repr(full)
 
 def test_every_held_out_caption_is_caught():
     for name, word in HELD_OUT:
