@@ -21,7 +21,7 @@ from .resnet import ResNet
 from .attention import TextEncoder
 from .karras import LossLogCB
 from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, Tokenizer, all_captions, attribute_words, caption_tokenizer,
-                         captions_for, drop_held_out, pixel_measures, tercile_codes, tercile_thresholds, TEMPLATES)
+                         captions_for, drop_held_out, omit_words, pixel_measures, tercile_codes, tercile_thresholds, TEMPLATES)
 
 # %% ../nbs/24_clip.ipynb #c2400008
 def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image i against every caption of the batch
@@ -94,18 +94,19 @@ def fashion_thresholds(verbose:bool=False, # print where the data came from
 
 # %% ../nbs/24_clip.ipynb #c2400027
 class CaptionCB(Callback):
-    "Turns each batch `(images, labels)` into `(images, ids, mask, keys)`: a random caption per image, true to its class and measured attributes (held-out words dropped), tokenized; equal keys for captions with the same content."
+    "Turns each batch `(images, labels)` into `(images, ids, mask, keys)`: a random caption per image, true to its class and measured attributes (held-out words dropped, each other word left out with probability `p_omit`), tokenized; equal keys for captions with the same content."
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
     def __init__(self,
                  tokenizer:Tokenizer, # turns the captions into ids and masks
                  thresholds:torch.Tensor, # [10, 2, 2] terciles of the training set, from `tercile_thresholds`
                  held_out=HELD_OUT, # (class name, attribute word) pairs never captioned together
-                 generator:torch.Generator|None=None, # source of the captions' templates and nouns (None: PyTorch's global one)
-                ): self.tokenizer, self.thresholds, self.held_out, self.generator = tokenizer, thresholds, held_out, generator
+                 generator:torch.Generator|None=None, # source of the captions' templates, nouns and omissions (None: PyTorch's global one)
+                 p_omit:float=0.5, # probability of leaving out each attribute word (lesson 22's `omit_words`)
+                ): self.tokenizer, self.thresholds, self.held_out, self.generator, self.p_omit = tokenizer, thresholds, held_out, generator, p_omit
     def captions(self, images:torch.Tensor, labels:torch.Tensor)->tuple:
         "The batch's random captions and their content keys: images in [-1, 1] with a background of -1."
         codes = tercile_codes(pixel_measures(((images.detach().cpu() + 1) / 2).clamp(0, 1)), labels.cpu(), self.thresholds)
-        content = [(l, drop_held_out(l, attribute_words(c), self.held_out)) for l, c in zip(labels.tolist(), codes.tolist())]
+        content = [(l, omit_words(drop_held_out(l, attribute_words(c), self.held_out), self.p_omit, self.generator)) for l, c in zip(labels.tolist(), codes.tolist())]
         key_of = {k: i for i, k in enumerate(dict.fromkeys(content))}
         return [captions_for(l, w, self.generator) for l, w in content], torch.tensor([key_of[k] for k in content])
     def before_batch(self, learn):
@@ -123,6 +124,7 @@ def train_clip(model:CLIPModel, # the two encoders and the temperature
                epochs:int=1, # passes over the training images
                lr:float=2e-3, # the one cycle's peak learning rate
                generator:torch.Generator|None=None, # source of the captions (None: PyTorch's global one)
+               p_omit:float=0.5, # probability that a caption leaves out each attribute word
                cbs:list=(), # extra callbacks
               )->Learner:
     "Train `model` with `clip_loss` on `CaptionCB` batches (AdamW, one cycle, channels-last; no validation pass); the `Learner`'s `log` holds the losses and seconds."
@@ -130,7 +132,7 @@ def train_clip(model:CLIPModel, # the two encoders and the temperature
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder {model.config['vocab_size']}: build the model with CLIPModel(len(tokenizer))")
     log = LossLogCB()
     learn = Learner(model, dls, clip_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), CaptionCB(tokenizer, thresholds, generator=generator), ChannelsLastCB(), TrainCB(n_inp=3),
+                    cbs=[DeviceCB(), CaptionCB(tokenizer, thresholds, generator=generator, p_omit=p_omit), ChannelsLastCB(), TrainCB(n_inp=3),
                          OneCycleCB(lr), log, *cbs])
     learn.log = log
     learn.fit(epochs, valid=False)
@@ -215,14 +217,15 @@ def load_clip(path:str|Path, # weights file written by `save_clip`
     return model.eval(), tokenizer, record
 
 # %% ../nbs/24_clip.ipynb #c2400052
-def trained_clip(epochs:int=5, # passes over the training images, if it has to train
+def trained_clip(epochs:int=2, # passes over the training images, if it has to train
                  batch_size:int=128, # image-caption pairs per batch, if it has to train
+                 p_omit:float=0.5, # probability that a training caption leaves out each attribute word, if it has to train
                  n_train:int|None=None, # train on the first `n_train` images only (None: all 60,000), for quick checks
                  verbose:bool=True, # say where the model came from
                 )->tuple:
     "This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, or trained there with `train_clip` on Fashion-MNIST when missing."
     from miniai.ddpm import fashion32_dls, models_dir
-    path = models_dir()/f"clip_fashion_e{epochs}_b{batch_size}{'' if n_train is None else f'_n{n_train}'}.pt"
+    path = models_dir()/f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}{'' if n_train is None else f'_n{n_train}'}.pt"
     if path.is_file() and path.with_suffix('.json').is_file():
         model, tokenizer, record = load_clip(path)
         if tokenizer.itos != caption_tokenizer(tokenizer.max_len).itos:
@@ -233,8 +236,8 @@ def trained_clip(epochs:int=5, # passes over the training images, if it has to t
     tokenizer, thresholds = caption_tokenizer(), fashion_thresholds()
     torch.manual_seed(1)
     model = CLIPModel(len(tokenizer), tokenizer.max_len)
-    learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds, epochs, generator=torch.Generator().manual_seed(1))
-    record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3, steps=len(learn.log.losses), seconds=learn.log.seconds,
+    learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds, epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
+    record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3, p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
                   losses=learn.log.losses, scale=model.scale.item(), thresholds=thresholds.tolist())
     save_clip(model, tokenizer, path, record)
     return model.eval(), tokenizer, json.loads(path.with_suffix('.json').read_text())

@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 from miniai.clip import (CLIPModel, CaptionCB, attribute_choice, class_prompts, clip_loss, load_clip, save_clip, similarity,
                          trained_clip, zero_shot_classify)
-from miniai.text import HELD_OUT, Tokenizer, caption_tokenizer, mentions_held_out, tercile_thresholds, pixel_measures
+from miniai.text import (HELD_OUT, Tokenizer, attribute_words, caption_tokenizer, drop_held_out, mentions_held_out, tercile_codes,
+                         tercile_thresholds, pixel_measures)
 
 def clip_loss_loop(logits, keys=None):
     "The symmetric contrastive loss with soft targets, one element at a time in Python floats (float64)."
@@ -169,6 +170,19 @@ def test_caption_cb_hides_held_out_words(tok):
     cb_all = CaptionCB(tok, thresholds, held_out=(), generator=torch.Generator().manual_seed(0))
     assert any('dark' in c.split() for c in cb_all.captions(x, y)[0])
 
+def test_caption_cb_omits_words(tok):
+    "p_omit=0 names every attribute word of each image, p_omit=1 none; keys follow the words actually used."
+    x, y = fake_batch(200, seed=2)
+    thresholds = tercile_thresholds(pixel_measures((x + 1) / 2), y)
+    words = {'dark', 'light', 'small', 'large'}
+    codes = tercile_codes(pixel_measures((x + 1) / 2), y, thresholds)
+    full = [set(drop_held_out(int(l), attribute_words(c))) for l, c in zip(y, codes.tolist())]
+    caps0, _ = CaptionCB(tok, thresholds, generator=torch.Generator().manual_seed(0), p_omit=0.).captions(x, y)
+    assert [set(c.split()) & words for c in caps0] == full
+    caps1, keys1 = CaptionCB(tok, thresholds, generator=torch.Generator().manual_seed(0), p_omit=1.).captions(x, y)
+    assert not any(set(c.split()) & words for c in caps1)
+    assert len(keys1.unique()) == len(y.unique())   # with no words left, the content is the class alone
+
 class ToyCLIP(nn.Module):
     "Identity encoders: an image is its own (normalised) embedding; a text is the one-hot of its first word."
     def __init__(self, d): super().__init__(); self.d = d; self.dummy = nn.Parameter(torch.zeros(1))
@@ -254,19 +268,19 @@ def test_trained_clip_loads_and_checks_vocab(tok, tmp_path, monkeypatch):
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     from miniai.ddpm import models_dir
     m = small_model(tok)
-    save_clip(m, tok, models_dir()/'clip_fashion_e7_b32.pt', dict(epochs=7))
+    save_clip(m, tok, models_dir()/'clip_fashion_e7_b32_omit0.5.pt', dict(epochs=7))
     loaded, tk, rec = trained_clip(epochs=7, batch_size=32, verbose=False)
     assert rec['epochs'] == 7 and tk.itos == tok.itos and loaded.config == m.config
     other = Tokenizer(tok.itos[4:] + ['hat'], tok.max_len)
-    save_clip(CLIPModel(len(other), d_emb=16, nfs=(4, 8), d_model=16, n_heads=2, n_layers=1), other, models_dir()/'clip_fashion_e8_b32.pt')
+    save_clip(CLIPModel(len(other), d_emb=16, nfs=(4, 8), d_model=16, n_heads=2, n_layers=1), other, models_dir()/'clip_fashion_e8_b32_omit0.5.pt')
     with pytest.raises(ValueError, match='another vocabulary'): trained_clip(epochs=8, batch_size=32, verbose=False)
 
 def test_trained_clip_trains_when_missing(tmp_path, monkeypatch):
     "With no saved model, trained_clip trains (here 2 steps on 64 images), saves, and loads the same model the next time."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     model, tk, rec = trained_clip(epochs=1, batch_size=32, n_train=64, verbose=False)
-    assert rec['steps'] == 2 and rec['n_train'] == 64 and len(rec['losses']) == 2 and rec['vocab'] == tk.itos
-    assert (tmp_path/'models'/'clip_fashion_e1_b32_n64.pt').is_file()
+    assert rec['steps'] == 2 and rec['n_train'] == 64 and len(rec['losses']) == 2 and rec['vocab'] == tk.itos and rec['p_omit'] == 0.5
+    assert (tmp_path/'models'/'clip_fashion_e1_b32_omit0.5_n64.pt').is_file()
     again, tk2, rec2 = trained_clip(epochs=1, batch_size=32, n_train=64, verbose=False)
     assert rec2 == rec
     for (n, p), q in zip(model.state_dict().items(), again.state_dict().values()): torch.testing.assert_close(p, q, msg=n)
