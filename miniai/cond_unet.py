@@ -20,7 +20,7 @@ from .augment import save_model, load_model
 from .datasets import DataLoaders
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
-from .karras import KarrasDenoiser, LossLogCB, noisify_karras, sample_heun, sigmas_karras, _per_image, karras_scalings
+from .karras import KarrasDenoiser, LossLogCB, noisify_karras, sample_euler, sigmas_karras, _per_image, karras_scalings
 from .text import FashionCaptions, Tokenizer
 from .vae import VAE
 
@@ -231,9 +231,9 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
              scale:float, # the latent scale it was trained with
              prompts:list, # one text per image ('' for unconditional)
              guidance_scale:float=2., # classifier-free guidance scale
-             steps:int=15, # noise levels the sampler visits (Heun: 2*steps-1 calls, each on twice the batch)
+             steps:int=10, # noise levels the sampler visits (Euler: one call each, on twice the batch; Heun: 2*steps-1)
              generator:torch.Generator|None=None, # source of the starting noise
-             sampler=sample_heun, # a sampler of lesson 20
+             sampler=sample_euler, # a sampler of lesson 20
              sigma_min:float=0.01, # the last nonzero noise level
              sigma_max:float=80., # the first noise level
             )->torch.Tensor:
@@ -253,7 +253,7 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       clip:nn.Module, # the CLIP model whose text encoder conditions it
                       tokenizer:Tokenizer, # its tokenizer
                       scale:float, # the latent scale the latents were made with (kept in the record, for decoding)
-                      epochs:int=2, # passes over the latents, if it has to train
+                      epochs:int=3, # passes over the latents, if it has to train
                       batch_size:int=128, # latents per batch, if it has to train
                       lr:float=2e-3, # peak learning rate, if it has to train
                       path:str|Path|None=None, # the weights' file; the record goes beside it as .json (default: in `models_dir()`, named after the settings)
@@ -261,7 +261,10 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                      )->tuple:
     "This lesson's `(CondKarrasDenoiser, record)`: loaded from `path`, or trained there with `train_cond_unet` (seed 1, `sigma_data` the latents' root mean square) when missing; the record holds the configuration, `sigma_data` and the latent scale."
     from miniai.ddpm import models_dir
-    path = Path(path) if path is not None else models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_n{len(latents)}.pt'
+    if path is None:
+        if captions is None: raise ValueError('captions are needed to name the default file (their p_omit is part of it): pass them, or pass path')
+        path = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}.pt'
+    path = Path(path)
     rec_path = path.with_suffix('.json')
     if path.is_file() and rec_path.is_file():
         try: record = json.loads(rec_path.read_text())
@@ -280,7 +283,7 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
     model = CondUNet(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
     learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr, sigma_data=sigma_data,
                             generator=torch.Generator().manual_seed(1))
-    record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr, n_train=len(latents),
+    record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
                   steps=len(learn.log.losses), seconds=learn.log.seconds, losses=learn.log.losses)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, path)

@@ -201,3 +201,14 @@ def test_trained_cond_unet_saves_loads_and_refuses(clip_tok, tmp_path):
     with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
     path.with_suffix('.json').write_text('{not json')
     with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
+    with pytest.raises(ValueError, match='captions are needed'): trained_cond_unet(lat, None, clip, tok, 1.5, verbose=False)
+
+def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_path, monkeypatch):
+    "The default file name records p_omit, so a model trained on other captions is not loaded by mistake."
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
+    lat = torch.randn(32, 4, 8, 8, generator=g)
+    _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32, verbose=False)
+    assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32.pt').is_file()
