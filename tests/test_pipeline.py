@@ -1,0 +1,202 @@
+"The text-to-image pipeline: seeded and repeatable, prompts repeated in order, the empty prompt unconditional at any guidance, save/load giving the same images, safetensors files holding exactly the state_dict, every fault (missing, cut short, other architecture, bad index, interrupted save, foreign folder), prompt and argument checks, and the measures of decoded images against lesson 22's."
+import json, math, struct
+import pytest, torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from miniai.clip import CLIPModel
+from miniai.cond_unet import CondUNet, CondKarrasDenoiser
+from miniai.text import caption_tokenizer, caption_vocab, pixel_measures
+from miniai.vae import VAE
+import miniai.pipeline as pl
+from miniai.pipeline import (TextToImagePipeline, check_prompts, save_weights, load_weights, trained_pipeline, generated_measures,
+                             decoded_thresholds, sample_dpmpp_2m, PIPELINE_FILES)
+from miniai.karras import sample_euler, sigmas_karras
+
+D = 16   # token width of the small test models
+
+def small_pipe(seed=0, vae_nfs=(8, 8, 8)):
+    "A pipeline of small untrained models (random cross-attention so the prompt matters), enough to test the machinery."
+    tok = caption_tokenizer()
+    torch.manual_seed(seed)
+    vae = VAE(nfs=vae_nfs)
+    clip = CLIPModel(len(tok), tok.max_len, d_emb=D, nfs=(4, 8), d_model=D, n_heads=2, n_layers=1)
+    unet = CondUNet(nfs=(8, 16), d_context=D, d_pooled=D, n_heads=2)
+    for n, p in unet.named_parameters():
+        if 'out_proj' in n: torch.nn.init.normal_(p, std=0.3)
+    return TextToImagePipeline(vae, clip, tok, CondKarrasDenoiser(unet, 1.), 1.3, dict(note='test'))
+
+@pytest.fixture(scope='module')
+def pipe(): return small_pipe()
+
+def g(seed): return torch.Generator().manual_seed(seed)
+
+def test_call_shape_range_and_seeding(pipe):
+    a = pipe(['a dark dress', 'a bag'], num_inference_steps=3, generator=g(0), num_images_per_prompt=2)
+    assert a.shape == (4, 1, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, pipe(['a dark dress', 'a bag'], num_inference_steps=3, generator=g(0), num_images_per_prompt=2))
+    assert (a - pipe(['a dark dress', 'a bag'], num_inference_steps=3, generator=g(1), num_images_per_prompt=2)).abs().max() > 1e-3
+    # each prompt's images together, in order: the same as writing the repeated list out
+    torch.testing.assert_close(a, pipe(['a dark dress', 'a dark dress', 'a bag', 'a bag'], num_inference_steps=3, generator=g(0)))
+
+def test_prompt_changes_the_images(pipe):
+    a = pipe('a dark dress', num_inference_steps=3, generator=g(0))
+    b = pipe('a small bag', num_inference_steps=3, generator=g(0))
+    assert (a - b).abs().max() > 1e-4
+
+@pytest.mark.parametrize('scale', [0., 2., 7.5])
+def test_empty_prompt_is_unconditional_at_any_guidance(pipe, scale):
+    torch.testing.assert_close(pipe('', num_inference_steps=3, generator=g(3), guidance_scale=scale),
+                               pipe('', num_inference_steps=3, generator=g(3), guidance_scale=1.), atol=1e-5, rtol=0)
+
+def test_guidance_zero_ignores_the_prompt(pipe):
+    torch.testing.assert_close(pipe('a dark dress', num_inference_steps=3, generator=g(4), guidance_scale=0.),
+                               pipe('', num_inference_steps=3, generator=g(4)), atol=1e-5, rtol=0)
+
+def test_batches_give_every_image(pipe):
+    out = pipe(['a bag'] * 5, num_inference_steps=2, generator=g(0), batch_size=2)
+    assert out.shape == (5, 1, 32, 32)
+
+@pytest.mark.parametrize('kw,msg', [(dict(num_inference_steps=0), 'num_inference_steps'), (dict(num_inference_steps=2.5), 'num_inference_steps'),
+                                    (dict(num_inference_steps=True), 'num_inference_steps'), (dict(guidance_scale=-1.), 'guidance_scale'),
+                                    (dict(guidance_scale=float('nan')), 'guidance_scale'), (dict(guidance_scale=float('inf')), 'guidance_scale'),
+                                    (dict(guidance_scale='2'), 'guidance_scale'), (dict(num_images_per_prompt=0), 'num_images_per_prompt')])
+def test_bad_arguments(pipe, kw, msg):
+    with pytest.raises(ValueError, match=msg): pipe('a bag', **kw)
+
+# the sampler
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_dpmpp_2m_equals_euler_when_the_estimate_does_not_change(n, seed):
+    "With a denoiser whose estimate is the same at every step, the extrapolation adds nothing: DPM-Solver++(2M) is Euler."
+    target = torch.randn(3, 4, generator=g(seed), dtype=torch.float64)
+    x = 80 * torch.randn(3, 4, generator=g(seed + 1), dtype=torch.float64)
+    sigmas = sigmas_karras(n, 0.01, 80.).double()
+    torch.testing.assert_close(sample_dpmpp_2m(lambda x, s: target, x, sigmas), sample_euler(lambda x, s: target, x, sigmas))
+
+@pytest.mark.parametrize('sd', [0.3, 0.5, 1.0])
+def test_dpmpp_2m_is_second_order_on_gaussian_data(sd):
+    "Gaussian data: the exact ODE solution is known; doubling the levels cuts DPM++ 2M's error about 4x (Euler's 2x), and it is below Euler's."
+    def den(x, s): return x * sd**2 / (s**2 + sd**2)
+    x0 = 80 * torch.randn(500, dtype=torch.float64, generator=g(0))
+    exact = den(x0 * math.sqrt(0.01**2 + sd**2) / math.sqrt(80**2 + sd**2), 0.01)
+    err = lambda smp, n: (smp(den, x0, sigmas_karras(n, 0.01, 80.).double()) - exact).abs().max().item()
+    e_dpm, e_euler = [err(sample_dpmpp_2m, n) for n in (40, 80)], [err(sample_euler, n) for n in (40, 80)]
+    assert e_dpm[0] < e_euler[0] and e_dpm[1] < e_euler[1]
+    assert e_dpm[0] / e_dpm[1] > 3.2 and e_euler[0] / e_euler[1] < 2.3
+
+# prompts
+VOCAB = caption_vocab()
+TOK = caption_tokenizer()
+
+@given(st.lists(st.lists(st.sampled_from(VOCAB), max_size=TOK.max_len - 2).map(' '.join), min_size=1, max_size=4))
+def test_prompts_of_known_words_pass(prompts):
+    assert check_prompts(prompts, TOK) == prompts
+
+@given(st.lists(st.sampled_from(VOCAB), max_size=5), st.text('qxzjv', min_size=1, max_size=6), st.integers(0, 5))
+def test_unknown_words_are_named(words, junk, at):
+    words.insert(min(at, len(words)), junk)
+    with pytest.raises(ValueError, match=f"never trained on '{junk}'"): check_prompts(' '.join(words), TOK)
+
+def test_prompt_errors():
+    with pytest.raises(ValueError, match='shorten it'): check_prompts(' '.join(['dress'] * (TOK.max_len - 1)), TOK)
+    assert check_prompts(' '.join(['dress'] * (TOK.max_len - 2)), TOK)
+    with pytest.raises(ValueError, match='non-empty list'): check_prompts([], TOK)
+    with pytest.raises(ValueError, match='non-empty list'): check_prompts(None, TOK)
+    with pytest.raises(TypeError, match='must be a string'): check_prompts(['a bag', 3], TOK)
+    assert check_prompts('', TOK) == [''] and check_prompts('A Dark DRESS!', TOK) == ['A Dark DRESS!']
+    assert 'words of its captions: a an and' in pytest.raises(ValueError, check_prompts, 'a red bag', TOK).value.args[0]
+
+# saving and loading
+def test_safetensors_file_is_the_state_dict(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3))
+    raw = save_weights(m, tmp_path/'m.safetensors').read_bytes()
+    n = struct.unpack('<Q', raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    state = m.state_dict()
+    assert set(header) - {'__metadata__'} == set(state)
+    assert all(header[k]['shape'] == list(v.shape) for k, v in state.items())
+    again = load_weights(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3)), tmp_path/'m.safetensors')
+    for a, b in zip(state.values(), again.state_dict().values()): assert torch.equal(a, b)
+    assert not list(tmp_path.glob('.*part'))   # no temporary file left behind
+
+def test_save_and_load_give_the_same_images(pipe, tmp_path):
+    folder = pipe.save_pretrained(tmp_path/'p')
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*PIPELINE_FILES.values(), 'model_index.json'])
+    loaded = TextToImagePipeline.from_pretrained(folder)
+    assert loaded.record == {'note': 'test'} and loaded.latent_scale == pipe.latent_scale and loaded.tokenizer.itos == pipe.tokenizer.itos
+    torch.testing.assert_close(loaded(['a bag', ''], num_inference_steps=3, generator=g(5)), pipe(['a bag', ''], num_inference_steps=3, generator=g(5)), atol=0, rtol=0)
+    pipe.save_pretrained(folder)   # saving over a pipeline folder is allowed
+    TextToImagePipeline.from_pretrained(folder)
+
+@pytest.fixture
+def saved(pipe, tmp_path): return pipe.save_pretrained(tmp_path/'p')
+
+def test_missing_folder_or_index(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match='no model_index.json'): TextToImagePipeline.from_pretrained(tmp_path/'nowhere')
+    (saved/'model_index.json').unlink()
+    with pytest.raises(FileNotFoundError, match='save one with save_pretrained'): TextToImagePipeline.from_pretrained(saved)
+
+@pytest.mark.parametrize('text,msg', [('{"format": ', 'not valid JSON'), ('[1, 2]', 'not written by save_pretrained'),
+                                      ('{"format": "something else"}', 'not written by save_pretrained')])
+def test_bad_index(saved, text, msg):
+    (saved/'model_index.json').write_text(text)
+    with pytest.raises(ValueError, match=msg): TextToImagePipeline.from_pretrained(saved)
+
+@pytest.mark.parametrize('name', list(PIPELINE_FILES))
+def test_weight_file_faults(saved, name):
+    path = saved/PIPELINE_FILES[name]
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match=f'{PIPELINE_FILES[name]} is not a readable safetensors file'): TextToImagePipeline.from_pretrained(saved)
+    path.write_bytes(b'')
+    with pytest.raises(ValueError, match='not a readable safetensors file'): TextToImagePipeline.from_pretrained(saved)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=f'{PIPELINE_FILES[name]} is missing'): TextToImagePipeline.from_pretrained(saved)
+
+def test_weights_of_another_model(saved, tmp_path):
+    other = small_pipe(vae_nfs=(8, 16, 16)).save_pretrained(tmp_path/'other')
+    (saved/PIPELINE_FILES['vae']).write_bytes((other/PIPELINE_FILES['vae']).read_bytes())
+    with pytest.raises(ValueError, match='does not fit this VAE'): TextToImagePipeline.from_pretrained(saved)
+
+def test_interrupted_save_is_refused_not_mixed(pipe, saved, monkeypatch):
+    "A save that dies after the VAE leaves no index: loading refuses instead of mixing new and old weights."
+    real = pl.save_weights
+    def dying(model, path):
+        if path.name == PIPELINE_FILES['clip']: raise OSError('disk full')
+        return real(model, path)
+    monkeypatch.setattr(pl, 'save_weights', dying)
+    with pytest.raises(OSError, match='disk full'): small_pipe(seed=1).save_pretrained(saved)
+    with pytest.raises(FileNotFoundError, match='interrupted'): TextToImagePipeline.from_pretrained(saved)
+
+def test_foreign_folder_is_left_alone(pipe, tmp_path):
+    (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'notes.txt').write_text('keep')
+    with pytest.raises(FileExistsError, match='not a pipeline folder'): pipe.save_pretrained(tmp_path/'mine')
+    assert [p.name for p in (tmp_path/'mine').iterdir()] == ['notes.txt']
+    pipe.save_pretrained(tmp_path/'empty')   # a new folder is made
+
+def test_trained_pipeline_loads_the_saved_folder(pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
+    from miniai.ddpm import models_dir
+    pipe.save_pretrained(models_dir()/'text_to_image')
+    loaded = trained_pipeline(verbose=False)
+    torch.testing.assert_close(loaded('a bag', num_inference_steps=2, generator=g(0)), pipe('a bag', num_inference_steps=2, generator=g(0)), atol=0, rtol=0)
+
+# measuring decoded images
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6))
+def test_generated_measures_match_lesson_22_on_real_pixels(seed, n):
+    gen = g(seed)
+    x = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen) * (torch.rand(n, 28, 28, generator=gen) < 0.5)
+    x32 = F.pad(x.float()[:, None] / 255, (2, 2, 2, 2))
+    torch.testing.assert_close(generated_measures(x32, cutoff=0), pixel_measures(x))
+    cut = int(torch.randint(0, 40, (), generator=gen))
+    torch.testing.assert_close(generated_measures(x32, cutoff=cut), pixel_measures(x * (x > cut)))
+
+def test_generated_measures_errors():
+    with pytest.raises(ValueError, match=r'\[n, 1, 32, 32\]'): generated_measures(torch.zeros(2, 1, 28, 28))
+
+def test_decoded_thresholds_shape_and_order(pipe):
+    gen = g(0)
+    x = (torch.rand(60, 28, 28, generator=gen) * 255).to(torch.uint8) * (torch.rand(60, 28, 28, generator=gen) < torch.linspace(0.2, 0.8, 60)[:, None, None])
+    thr = decoded_thresholds(pipe.vae, x, torch.arange(60) % 10)
+    assert thr.shape == (10, 2, 2) and (thr[..., 0] <= thr[..., 1]).all()
