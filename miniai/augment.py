@@ -207,11 +207,15 @@ def load_model(model:nn.Module, # the model to load into, in place: the architec
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'{path.name} is not a state_dict saved by save_model ({type(e).__name__}: {e})') from e
     if not isinstance(state, dict): raise ValueError(f'{path.name} holds a {type(state).__name__}, not a state_dict')
+    return _load_state(model, state, path.name)
+
+def _load_state(model, state, name, advice=''):
+    "Load the tensors `state` into `model` after checking they are exactly the model's, with its shapes; the error names the file `name`, then `advice`."
     own = model.state_dict()
     problems = [f'missing from the file: {sorted(missing)}'] if (missing := own.keys() - state.keys()) else []
     if extra := state.keys() - own.keys(): problems.append(f'not in the model: {sorted(extra)}')
     problems += [f'{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model'
                  for k in own if k in state and state[k].shape != own[k].shape]
-    if problems: raise ValueError(f'{path.name} was saved from a different architecture than this {type(model).__name__}: ' + '; '.join(problems))
+    if problems: raise ValueError(f'{name} was saved from a different architecture than this {type(model).__name__}: ' + '; '.join(problems) + advice)
     model.load_state_dict(state)
     return model

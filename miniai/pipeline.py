@@ -11,12 +11,12 @@ import json, math
 from pathlib import Path
 import torch
 from torch import nn
-import torch.nn.functional as F
 from .download import atomic_write
+from .augment import _load_state
 from .text import SPECIAL_TOKENS, Tokenizer, FashionCaptions, split_words, pixel_measures, tercile_thresholds
 from .vae import VAE
 from .clip import CLIPModel
-from .cond_unet import CondUNet, CondKarrasDenoiser, generate
+from .cond_unet import CondUNet, CondKarrasDenoiser, generate, encode_latents
 
 # %% ../nbs/26_text_to_image.ipynb #1753d7ce
 def save_weights(model:nn.Module, # the model whose `state_dict` to save
@@ -38,12 +38,7 @@ def load_weights(model:nn.Module, # the model to load into, in place, built from
     if not path.is_file(): raise FileNotFoundError(f'{path.name} is missing from the folder {path.parent.name or "."}: save the pipeline again with save_pretrained')
     try: state = load(path.read_bytes())
     except Exception as e: raise ValueError(f'{path.name} is not a readable safetensors file ({type(e).__name__}: {e}): save the pipeline again') from e
-    own = model.state_dict()
-    if bad := sorted(k for k in own.keys() | state.keys() if k not in state or k not in own or state[k].shape != own[k].shape):
-        raise ValueError(f'{path.name} does not fit this {type(model).__name__} ({len(bad)} tensors differ, e.g. {bad[0]!r}): '
-                         'the weights and the configuration come from different models; save the pipeline again')
-    model.load_state_dict(state)
-    return model
+    return _load_state(model, state, path.name, ' (the weights and model_index.json come from different models): save the pipeline again')
 
 # %% ../nbs/26_text_to_image.ipynb #1ad17c93
 def check_prompts(prompt, # a text, or a list of texts
@@ -171,7 +166,7 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
     from miniai.fashion import load_fashion
     from miniai.vae import trained_vae, latent_scale
     from miniai.clip import trained_clip, fashion_thresholds
-    from miniai.cond_unet import encode_latents, trained_cond_unet
+    from miniai.cond_unet import trained_cond_unet
     folder = Path(folder) if folder is not None else models_dir()/'text_to_image'
     if (folder/'model_index.json').is_file():
         if verbose: print(f'the text-to-image pipeline, loaded from {folder.name}')
@@ -207,6 +202,6 @@ def decoded_thresholds(vae:VAE, # the pipeline's VAE
                        batch_size:int=500, # images reconstructed at once
                       )->torch.Tensor:
     "Per-class terciles [10, 2, 2] of `generated_measures` of the VAE's reconstructions of `images`: the thresholds to place decoded images by."
-    vae.eval()
-    recon = torch.cat([vae.decode(vae.encode(F.pad(xb.float()[:, None] / 127.5 - 1, (2, 2, 2, 2), value=-1.))[0]) for xb in images.split(batch_size)])
+    means = encode_latents(vae, images, 1., batch_size)   # lesson 25's encoding, unscaled
+    recon = torch.cat([vae.decode(z.to(next(vae.parameters()).device)).cpu() for z in means.split(batch_size)])
     return tercile_thresholds(generated_measures((recon.clamp(-1, 1) + 1) / 2, cutoff), labels)
