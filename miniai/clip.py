@@ -17,6 +17,7 @@ from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .accel import ChannelsLastCB
 from .augment import save_model, load_model
+from .store import file_lock, models_dir
 from .resnet import ResNet
 from .attention import TextEncoder
 from .karras import LossLogCB
@@ -224,20 +225,21 @@ def trained_clip(epochs:int=2, # passes over the training images, if it has to t
                  verbose:bool=True, # say where the model came from
                 )->tuple:
     "This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, or trained there with `train_clip` on Fashion-MNIST when missing."
-    from miniai.ddpm import fashion32_dls, models_dir
+    from miniai.ddpm import fashion32_dls
     path = models_dir()/f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}{'' if n_train is None else f'_n{n_train}'}.pt"
-    if path.is_file() and path.with_suffix('.json').is_file():
-        model, tokenizer, record = load_clip(path)
-        if tokenizer.itos != caption_tokenizer(tokenizer.max_len).itos:
-            raise ValueError(f'{path.name} was trained on another vocabulary than caption_tokenizer() gives now: delete it and its .json to train again')
-        if verbose: print(f'the CLIP model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
-        return model, tokenizer, record
-    if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_clip')
-    tokenizer, thresholds = caption_tokenizer(), fashion_thresholds()
-    torch.manual_seed(1)
-    model = CLIPModel(len(tokenizer), tokenizer.max_len)
-    learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds, epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
-    record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3, p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
-                  losses=learn.log.losses, scale=model.scale.item(), thresholds=thresholds.tolist())
-    save_clip(model, tokenizer, path, record)
-    return model.eval(), tokenizer, json.loads(path.with_suffix('.json').read_text())
+    with file_lock(path):
+        if path.is_file() and path.with_suffix('.json').is_file():
+            model, tokenizer, record = load_clip(path)
+            if tokenizer.itos != caption_tokenizer(tokenizer.max_len).itos:
+                raise ValueError(f'{path.name} was trained on another vocabulary than caption_tokenizer() gives now: delete it and its .json to train again')
+            if verbose: print(f'the CLIP model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
+            return model, tokenizer, record
+        if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_clip')
+        tokenizer, thresholds = caption_tokenizer(), fashion_thresholds()
+        torch.manual_seed(1)
+        model = CLIPModel(len(tokenizer), tokenizer.max_len)
+        learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds, epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
+        record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3, p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
+                      losses=learn.log.losses, scale=model.scale.item(), thresholds=thresholds.tolist())
+        save_clip(model, tokenizer, path, record)
+        return model.eval(), tokenizer, json.loads(path.with_suffix('.json').read_text())

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .augment import save_model, load_model
+from .store import file_lock, models_dir
 from .datasets import DataLoaders
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
@@ -260,32 +261,32 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       verbose:bool=True, # say where the model came from
                      )->tuple:
     "This lesson's `(CondKarrasDenoiser, record)`: loaded from `path`, or trained there with `train_cond_unet` (seed 1, `sigma_data` the latents' root mean square) when missing; the record holds the configuration, `sigma_data` and the latent scale."
-    from miniai.ddpm import models_dir
     if path is None:
         if captions is None: raise ValueError('captions are needed to name the default file (their p_omit is part of it): pass them, or pass path')
         path = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}.pt'
     path = Path(path)
     rec_path = path.with_suffix('.json')
-    if path.is_file() and rec_path.is_file():
-        try: record = json.loads(rec_path.read_text())
-        except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
-        if not math.isclose(record.get('latent_scale', float('nan')), scale, rel_tol=1e-6):
-            raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, not {scale}: another VAE's latents; "
-                             f'delete {path.name} and {rec_path.name} to train again, or pass its own path')
-        model = CondUNet(**record['config'])
-        try: load_model(model, path)
-        except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
-        if verbose: print(f'the conditioned U-Net trained for {epochs} epoch(s), loaded from {path.name}')
-        return CondKarrasDenoiser(model.eval(), record['sigma_data']), record
-    if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_cond_unet')
-    sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
-    torch.manual_seed(1)
-    model = CondUNet(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
-    learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr, sigma_data=sigma_data,
-                            generator=torch.Generator().manual_seed(1))
-    record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
-                  steps=len(learn.log.losses), seconds=learn.log.seconds, losses=learn.log.losses)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, path)
-    rec_path.write_text(json.dumps(record))
-    return CondKarrasDenoiser(model.eval(), sigma_data), record
+    with file_lock(path):
+        if path.is_file() and rec_path.is_file():
+            try: record = json.loads(rec_path.read_text())
+            except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
+            if not math.isclose(record.get('latent_scale', float('nan')), scale, rel_tol=1e-6):
+                raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, not {scale}: another VAE's latents; "
+                                 f'delete {path.name} and {rec_path.name} to train again, or pass its own path')
+            model = CondUNet(**record['config'])
+            try: load_model(model, path)
+            except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
+            if verbose: print(f'the conditioned U-Net trained for {epochs} epoch(s), loaded from {path.name}')
+            return CondKarrasDenoiser(model.eval(), record['sigma_data']), record
+        if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_cond_unet')
+        sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
+        torch.manual_seed(1)
+        model = CondUNet(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
+        learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr, sigma_data=sigma_data,
+                                generator=torch.Generator().manual_seed(1))
+        record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
+                      steps=len(learn.log.losses), seconds=learn.log.seconds, losses=learn.log.losses)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, path)
+        rec_path.write_text(json.dumps(record))
+        return CondKarrasDenoiser(model.eval(), sigma_data), record

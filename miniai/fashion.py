@@ -13,7 +13,7 @@ from math import prod
 from pathlib import Path
 import numpy as np
 import torch
-from .download import DownloadError, atomic_write, data_dir, download, is_offline
+from .download import DownloadError, atomic_write, data_dir, download, is_offline, test_size
 
 # %% ../nbs/05a_fashion.ipynb #eca81995
 IDX_TYPES = {0x08: 'B', 0x09: 'b', 0x0B: 'h', 0x0C: 'i', 0x0D: 'f', 0x0E: 'd'}  # type code -> struct format: uint8, int8, int16, int32, float32, float64
@@ -158,9 +158,13 @@ def write_fashion_sample(folder, # where to write the four files
     return folder
 
 # %% ../nbs/05a_fashion.ipynb #74e05ed6
+_SAMPLE_SOURCE = 'the sample bundled with miniai (3,000 train / 1,000 valid images), because '
+
 def _find_fashion(folder:Path, system_dir, urls)->tuple:
     "`(source, paths, data)`: where the four files are, in plain words, their paths, and their bytes if they were read."
     paths = lambda d: {name: Path(d)/f[0] for name, f in FASHION_FILES.items()}
+    sample = lambda reason: (_SAMPLE_SOURCE + reason, paths(write_fashion_sample(folder/'sample')), None)
+    if test_size(): return sample('this is a test-size run (MINIAI_FULL=1 for the full set)')
     if (data := _verified(folder)) is not None: return 'the data folder', paths(folder), data
     system_dir = Path(FASHION_SYSTEM_DIR if system_dir is None else system_dir)
     if (data := _verified(system_dir)) is not None: return 'the system copy (package dataset-fashion-mnist)', paths(system_dir), data
@@ -170,8 +174,7 @@ def _find_fashion(folder:Path, system_dir, urls)->tuple:
             _download_all(folder, FASHION_URLS if urls is None else urls)
             return 'a download into the data folder', paths(folder), None
         except DownloadError as e: reason = f'the download failed ({e})'
-    return (f'the sample bundled with miniai (3,000 train / 1,000 valid images), because {reason}',
-            paths(write_fashion_sample(folder/'sample')), None)
+    return sample(reason)
 
 def fashion_paths(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
                   system_dir:str|Path|None=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
@@ -208,7 +211,7 @@ def load_fashion(folder:str|Path|None=None, # where to keep the files (default: 
     "Fashion-MNIST as `((x_train, y_train), (x_valid, y_valid))`: uint8 images n x 28 x 28, int64 labels; prints the source."
     folder = Path(folder) if folder else data_dir()/'fashion-mnist'
     cache = folder/'fashion-mnist.npz'
-    if cache.exists() and (splits := _check_cache(cache)) is not None: source = 'the data folder (decoded earlier, verified now)'
+    if not test_size() and cache.exists() and (splits := _check_cache(cache)) is not None: source = 'the data folder (decoded earlier, verified now)'
     else:
         source, paths, data = _find_fashion(folder, system_dir, urls)
         data = data or paths

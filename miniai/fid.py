@@ -15,7 +15,8 @@ from torch import nn
 import torch.nn.functional as F
 from .augment import load_model, save_model
 from .conv import conv
-from .ddpm import fashion32_dls, models_dir
+from .ddpm import fashion32_dls
+from .store import file_lock, models_dir
 from .learner import DeviceCB, TrainLearner
 from .metrics import Accuracy, MetricsCB
 from .sched import OneCycleCB
@@ -48,17 +49,18 @@ def fid_classifier(verbose:bool=True, # print whether it was loaded or trained
     "The classifier whose features FID and KID compare: loaded from `path`, or trained on `fashion32_dls` (minutes) and saved there; on the CPU, in evaluation mode."
     path = Path(path) if path else models_dir()/'fid_classifier.pt'
     model = fid_cnn()
-    if path.is_file():
-        load_model(model, path)
-        if verbose: print(f'FID classifier: loaded from the data folder ({path.name})')
-    else:
-        start = time.perf_counter()
-        learn = train_fid_classifier(fashion32_dls(256, verbose=verbose), epochs)
-        model = learn.model
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(model, path)
-        if verbose: print(f'FID classifier: trained for {epochs} epochs on {len(learn.dls.train.dataset):,} images '
-                          f'in {time.perf_counter() - start:.0f} s, saved to the data folder ({path.name})')
+    with file_lock(path):
+        if path.is_file():
+            load_model(model, path)
+            if verbose: print(f'FID classifier: loaded from the data folder ({path.name})')
+        else:
+            start = time.perf_counter()
+            learn = train_fid_classifier(fashion32_dls(256, verbose=verbose), epochs)
+            model = learn.model
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_model(model, path)
+            if verbose: print(f'FID classifier: trained for {epochs} epochs on {len(learn.dls.train.dataset):,} images '
+                              f'in {time.perf_counter() - start:.0f} s, saved to the data folder ({path.name})')
     return model.cpu().eval()
 
 # %% ../nbs/18_fid.ipynb #82f05727

@@ -9,7 +9,7 @@ __all__ = ['MNIST_URL', 'MNIST_SIZE', 'MNIST_MD5', 'MNIST_SAMPLE', 'MNIST_SAMPLE
 import gzip, pickle
 from importlib.resources import files
 from pathlib import Path
-from .download import DownloadError, data_dir, download, file_mismatch, is_offline
+from .download import DownloadError, data_dir, download, file_mismatch, is_offline, test_size
 
 # %% ../nbs/01a_mnist.ipynb #7a21a847
 MNIST_URL = 'https://github.com/mnielsen/neural-networks-and-deep-learning/blob/master/data/mnist.pkl.gz?raw=true'
@@ -26,7 +26,8 @@ def mnist_path(folder:str|Path|None=None, # where to keep the full set (default:
     "Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, saying so in one line."
     folder = Path(folder) if folder else data_dir()
     full = folder/'mnist.pkl.gz'
-    if not is_offline():
+    if test_size(): reason = 'this is a test-size run (MINIAI_FULL=1 for the full set)'
+    elif not is_offline():
         try: return download(MNIST_URL, full, MNIST_SIZE, MNIST_MD5)
         except DownloadError as e: reason = str(e)
     elif not full.exists(): reason = 'MINIAI_OFFLINE is set'

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from .download import atomic_write
 from .augment import _load_state
+from .store import file_lock, models_dir
 from .text import SPECIAL_TOKENS, Tokenizer, FashionCaptions, split_words, pixel_measures, tercile_thresholds
 from .vae import VAE
 from .clip import CLIPModel
@@ -162,27 +163,28 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
                      verbose:bool=True, # say where the models came from
                     )->TextToImagePipeline:
     "The course's text-to-image pipeline: loaded from `folder`, or assembled from lessons 21, 24 and 25's default models (each loaded, or trained when missing) and saved there."
-    from miniai.ddpm import fashion32_dls, models_dir
+    from miniai.ddpm import fashion32_dls
     from miniai.fashion import load_fashion
     from miniai.vae import trained_vae, latent_scale
     from miniai.clip import trained_clip, fashion_thresholds
     from miniai.cond_unet import trained_cond_unet
     folder = Path(folder) if folder is not None else models_dir()/'text_to_image'
-    if (folder/'model_index.json').is_file():
-        if verbose: print(f'the text-to-image pipeline, loaded from {folder.name}')
-        return TextToImagePipeline.from_pretrained(folder)
-    vae, vae_record = trained_vae(verbose=verbose)
-    scale = latent_scale(vae, fashion32_dls(500, verbose=False))
-    clip, tokenizer, clip_record = trained_clip(verbose=verbose)
-    (x, y), _ = load_fashion(verbose=False)
-    captions = FashionCaptions(x, y, fashion_thresholds(), p_omit=clip_record.get('p_omit', 0.5))   # the U-Net learns from captions like CLIP's
-    denoiser, unet_record = trained_cond_unet(encode_latents(vae, x, scale), captions, clip, tokenizer, scale, verbose=verbose)
-    record = {name: dict(epochs=r['epochs'], steps=r['steps'], minutes=round(r['seconds'] / 60, 1))
-              for name, r in (('vae', vae_record), ('clip', clip_record), ('unet', unet_record))}
-    pipe = TextToImagePipeline(vae, clip, tokenizer, denoiser, scale, record)
-    pipe.save_pretrained(folder)
-    if verbose: print(f'assembled and saved in {folder.name}')
-    return pipe
+    with file_lock(folder):
+        if (folder/'model_index.json').is_file():
+            if verbose: print(f'the text-to-image pipeline, loaded from {folder.name}')
+            return TextToImagePipeline.from_pretrained(folder)
+        vae, vae_record = trained_vae(verbose=verbose)
+        scale = latent_scale(vae, fashion32_dls(500, verbose=False))
+        clip, tokenizer, clip_record = trained_clip(verbose=verbose)
+        (x, y), _ = load_fashion(verbose=False)
+        captions = FashionCaptions(x, y, fashion_thresholds(), p_omit=clip_record.get('p_omit', 0.5))   # the U-Net learns from captions like CLIP's
+        denoiser, unet_record = trained_cond_unet(encode_latents(vae, x, scale), captions, clip, tokenizer, scale, verbose=verbose)
+        record = {name: dict(epochs=r['epochs'], steps=r['steps'], minutes=round(r['seconds'] / 60, 1))
+                  for name, r in (('vae', vae_record), ('clip', clip_record), ('unet', unet_record))}
+        pipe = TextToImagePipeline(vae, clip, tokenizer, denoiser, scale, record)
+        pipe.save_pretrained(folder)
+        if verbose: print(f'assembled and saved in {folder.name}')
+        return pipe
 
 # %% ../nbs/26_text_to_image.ipynb #e564a1f3
 def generated_measures(images:torch.Tensor, # [n, 1, 32, 32] in [0, 1], as the pipeline gives them (or VAE reconstructions mapped to [0, 1])

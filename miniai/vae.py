@@ -18,7 +18,8 @@ from .accel import ChannelsLastCB
 from .sched import OneCycleCB
 from .augment import save_model, load_model
 from .unet import norm_act_conv
-from .ddpm import fashion32_dls, models_dir
+from .ddpm import fashion32_dls
+from .store import file_lock, models_dir
 
 # %% ../nbs/21_vae.ipynb #c5981e9a
 def reparameterize(mean:torch.Tensor, # means of the Gaussians, any shape
@@ -168,22 +169,23 @@ def trained_vae(epochs:int=3, # passes over the training images, if it has to tr
     name = f"vae_e{epochs}_beta{beta:g}_lr{lr:g}_nfs{'-'.join(map(str, nfs))}" + ('' if n_train is None else f'_n{n_train}')
     path = Path(path) if path is not None else models_dir()/f'{name}.pt'
     rec_path = path.with_suffix('.json')
-    if path.is_file() and rec_path.is_file():
-        vae = VAE(nfs=nfs)
-        try: load_model(vae, path)
-        except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
-        try: record = json.loads(rec_path.read_text())
-        except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
-        if verbose: print(f'the VAE trained for {epochs} epoch(s), loaded from {path.name}')
+    with file_lock(path):
+        if path.is_file() and rec_path.is_file():
+            vae = VAE(nfs=nfs)
+            try: load_model(vae, path)
+            except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
+            try: record = json.loads(rec_path.read_text())
+            except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
+            if verbose: print(f'the VAE trained for {epochs} epoch(s), loaded from {path.name}')
+            return vae.eval(), record
+        if not train: raise FileNotFoundError(f'no {path.name} (with its record {rec_path.name}): call trained_vae with train=True (lesson 21) to train it')
+        if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_vae')
+        torch.manual_seed(1)
+        dls, vae = fashion32_dls(64, n_train=n_train, verbose=verbose), VAE(nfs=nfs)
+        log = train_vae(vae, dls, epochs, lr, beta).log
+        record = dict(epochs=epochs, batch_size=64, lr=lr, beta=beta, nfs=list(nfs), n_train=len(dls.train.dataset), steps=len(log.losses),
+                      seconds=log.seconds, losses=log.losses, mses=log.mses, kls=log.kls)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(vae, path)
+        rec_path.write_text(json.dumps(record))
         return vae.eval(), record
-    if not train: raise FileNotFoundError(f'no {path.name} (with its record {rec_path.name}): call trained_vae with train=True (lesson 21) to train it')
-    if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_vae')
-    torch.manual_seed(1)
-    dls, vae = fashion32_dls(64, n_train=n_train, verbose=verbose), VAE(nfs=nfs)
-    log = train_vae(vae, dls, epochs, lr, beta).log
-    record = dict(epochs=epochs, batch_size=64, lr=lr, beta=beta, nfs=list(nfs), n_train=len(dls.train.dataset), steps=len(log.losses),
-                  seconds=log.seconds, losses=log.losses, mses=log.mses, kls=log.kls)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(vae, path)
-    rec_path.write_text(json.dumps(record))
-    return vae.eval(), record

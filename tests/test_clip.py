@@ -266,7 +266,7 @@ def test_load_errors(tok, tmp_path):
 def test_trained_clip_loads_and_checks_vocab(tok, tmp_path, monkeypatch):
     "trained_clip loads a saved model from models_dir() without training, and refuses one saved with another vocabulary."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
-    from miniai.ddpm import models_dir
+    from miniai.store import models_dir
     m = small_model(tok)
     save_clip(m, tok, models_dir()/'clip_fashion_e7_b32_omit0.5.pt', dict(epochs=7))
     loaded, tk, rec = trained_clip(epochs=7, batch_size=32, verbose=False)

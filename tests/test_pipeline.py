@@ -176,7 +176,7 @@ def test_foreign_folder_is_left_alone(pipe, tmp_path):
 
 def test_trained_pipeline_loads_the_saved_folder(pipe, tmp_path, monkeypatch):
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
-    from miniai.ddpm import models_dir
+    from miniai.store import models_dir
     pipe.save_pretrained(models_dir()/'text_to_image')
     loaded = trained_pipeline(verbose=False)
     torch.testing.assert_close(loaded('a bag', num_inference_steps=2, generator=g(0)), pipe('a bag', num_inference_steps=2, generator=g(0)), atol=0, rtol=0)
