@@ -203,3 +203,15 @@ def test_bundled_sample_is_small_real_and_balanced():
         assert np.bincount(d['y_train']).tolist() == [300] * 10 and np.bincount(d['y_valid']).tolist() == [100] * 10
         x = d['x_train']
         assert len({im.tobytes() for im in x}) == 3000 and 60 < x.mean() < 90   # distinct images, with Fashion-MNIST's mean brightness (72.9)
+
+def test_test_size_run_takes_the_sample_over_a_full_copy_and_its_cache(tiny, capsys, monkeypatch):
+    "Under nbdev_test (IN_TEST=1) lessons train on the bundled sample even where a verified copy and its cache are there."
+    put(tiny['data'], tiny); put(tiny['system'], tiny)
+    check_tiny(load_fashion(tiny['data'], tiny['system']))   # this writes the cache
+    assert (tiny['data']/'fashion-mnist.npz').is_file()
+    capsys.readouterr()
+    monkeypatch.setenv('IN_TEST', '1')
+    (x, y), (xv, yv) = load_fashion(tiny['data'], tiny['system'])
+    assert (len(x), len(xv)) == (3000, 1000) and 'because this is a test-size run' in source(capsys)
+    monkeypatch.setenv('MINIAI_FULL', '1')
+    check_tiny(load_fashion(tiny['data'], tiny['system']))

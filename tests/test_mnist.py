@@ -107,3 +107,12 @@ def test_load_mnist_accepts_the_layout(tmp_path):
     path.write_bytes(gzipped(((x, y), (x, y), (x, y))))
     assert [len(s[0]) for s in load_mnist(path)] == [3, 3, 3]
     with pytest.raises(FileNotFoundError): load_mnist(tmp_path/'nothing.pkl.gz')
+
+def test_test_size_run_takes_the_sample_and_never_downloads(server, tmp_path, monkeypatch, capsys):
+    "Under nbdev_test (IN_TEST=1) the sample is used though the full set could be downloaded; MINIAI_FULL=1 asks for the full set."
+    use_server(monkeypatch, server)
+    monkeypatch.setenv('IN_TEST', '1')
+    assert mnist_path(tmp_path) == MNIST_SAMPLE and not (tmp_path/'mnist.pkl.gz').exists()
+    one_plain_line(capsys, r'because this is a test-size run \(MINIAI_FULL=1 for the full set\)', tmp_path)
+    monkeypatch.setenv('MINIAI_FULL', '1')
+    assert mnist_path(tmp_path) == tmp_path/'mnist.pkl.gz'
