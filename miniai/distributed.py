@@ -54,15 +54,15 @@ def _write_result(folder, rank, result):
     tmp.write_bytes(pickle.dumps(result))
     tmp.rename(Path(folder)/f'rank{rank}')
 
-def _run_rank(fn, args, n_procs, timeout, folder, stdout):
-    "Body of each child: one thread first, join the process group, run `fn`, write its result or its exception."
+def _run_rank(fn, args, n_procs, timeout, folder, stdout, device):
+    "Body of each child: one thread first, join the process group (NCCL on `device` 'cuda', else gloo), run `fn`, write its result or its exception."
     torch.set_num_threads(1)
     os.environ['OMP_NUM_THREADS'] = '1'  # so Accelerate keeps it
     if stdout is not None: sys.stdout = stdout
     rank = int(os.environ.get('RANK', 0))
     try:
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', timeout=timedelta(seconds=timeout))
+        if device == 'cuda': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        dist.init_process_group('nccl' if device == 'cuda' else 'gloo', timeout=timedelta(seconds=timeout))
         check_world_size(n_procs, dist.get_world_size())
         result = fn(*args)
         dist.destroy_process_group()
@@ -106,17 +106,27 @@ def _raise_first(results, n_procs, timeout):
     raise e from _RankTraceback(tb)
 
 # %% ../nbs/15_distributed.ipynb #001fa010
+def _launch_device(device, n_procs):
+    "The device `launch` runs on: `device`, checked, or for None 'cuda' where every process gets a GPU of its own, else 'cpu'."
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device is None: return 'cuda' if gpus >= n_procs else 'cpu'
+    if device not in ('cuda', 'cpu'): raise ValueError(f"device must be 'cuda', 'cpu' or None, got {device!r}")
+    if device == 'cuda' and gpus < n_procs:
+        raise ValueError(f'{n_procs} processes on the GPU need {n_procs} GPUs (one each), and this machine has {gpus}: '
+                         "fewer processes, or device='cpu'")
+    return device
+
 def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is returned
            args:tuple=(), # arguments of `fn` (inherited by the forked processes, not pickled)
            n_procs:int=2, # processes to start on this machine, each with one thread
            timeout:float=60, # seconds a collective (all-reduce, barrier) waits for the other ranks before failing
+           device:str|None=None, # 'cuda' (a GPU per process, NCCL) or 'cpu' (gloo); None: 'cuda' if there is a GPU for every process
           ):
     "Run `fn(*args)` in `n_procs` forked processes joined in a process group (gloo on CPUs, NCCL on GPUs); return rank 0's result, or raise the first exception any rank raised."
     if n_procs < 1: raise ValueError(f'n_procs must be at least 1, got {n_procs}')
-    if torch.cuda.is_available() and n_procs > torch.cuda.device_count():
-        raise ValueError(f'{n_procs} processes but {torch.cuda.device_count()} GPU(s): one process per GPU')
+    device = _launch_device(device, n_procs)
     with tempfile.TemporaryDirectory() as folder:
-        run_args, launch_error = (fn, args, n_procs, timeout, folder, sys.stdout), None
+        run_args, launch_error = (fn, args, n_procs, timeout, folder, sys.stdout, device), None
         gc.collect(); gc.freeze()   # the children never collect (and finalise) this process's objects
         try:
             if n_procs == 1: _start_one(run_args)
@@ -149,10 +159,12 @@ class AccelerateCB(TrainCB):
         "The process's `Accelerator`, created on first use (bf16 falls back to float32 where it isn't native)."
         if self.acc is not None: return self.acc
         mp = self.mixed_precision
-        if mp == 'bf16' and not bf16_supported('cuda' if torch.cuda.is_available() else 'cpu'):
+        # on the CPU where CUDA is missing, or the launcher joined the processes with gloo (no GPU for each of them)
+        self.cpu = not torch.cuda.is_available() or (dist.is_initialized() and dist.get_backend() == 'gloo')
+        if mp == 'bf16' and not bf16_supported('cpu' if self.cpu else 'cuda'):
             warnings.warn('bf16 is not native on this hardware (it would be slower, not faster): training in float32')
             mp = 'no'
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
+        self.acc = Accelerator(cpu=self.cpu, mixed_precision=mp,
                                dataloader_config=DataLoaderConfiguration(split_batches=self.split_batches),
                                kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=self.timeout))])
         return self.acc
@@ -164,7 +176,7 @@ class AccelerateCB(TrainCB):
         check_world_size(expected, acc.num_processes)
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules())
         if has_bn and acc.num_processes > 1:
-            if self.sync_bn and torch.cuda.is_available(): learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(learn.model)
+            if self.sync_bn and not self.cpu: learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(learn.model)
             else: warnings.warn('BatchNorm computes its statistics on each process\'s share of the batch: training differs from one process '
                                 '(sync_bn=True converts to SyncBatchNorm on GPUs; on CPUs use GroupNorm or LayerNorm)')
         self.dls = learn.dls.train, learn.dls.valid

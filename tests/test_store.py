@@ -57,6 +57,7 @@ def test_file_lock_is_reentrant_and_released_on_error(tmp_path):
 
 def _slow_trained_ddpm(started):
     "trained_ddpm in another process, finding no model, whose training takes a second and gives other weights."
+    torch.set_num_threads(1)   # a child forked after torch used its thread pool hangs in its first threaded operation otherwise
     def slow_train(model, dls, epochs):
         Path(started).touch()
         time.sleep(1)
