@@ -225,7 +225,7 @@ def trained_clip(epochs:int=2, # passes over the training images, if it has to t
                  verbose:bool=True, # say where the model came from
                 )->tuple:
     "This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, or trained there with `train_clip` on Fashion-MNIST when missing."
-    from miniai.ddpm import fashion32_dls
+    from miniai.datasets import fashion32_dls
     path = models_dir()/f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}{'' if n_train is None else f'_n{n_train}'}.pt"
     with file_lock(path):
         if path.is_file() and path.with_suffix('.json').is_file():

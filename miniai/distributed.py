@@ -15,9 +15,11 @@ from torch import nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from .accel import bf16_supported
+from .tables import format_table
 from .learner import Callback, TrainCB, Learner
 from .metrics import MetricsCB, ProgressCB, Accuracy
-from .conv import simple_cnn, fashion_dls
+from .conv import simple_cnn
+from .datasets import fashion_dls
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')   # accelerate imports tqdm.auto, which warns in a notebook without ipywidgets
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs, notebook_launcher
@@ -241,7 +243,6 @@ def ddp_speed_table(n_train:int=4_096, # training images per epoch
                     repeats:int=3, # rounds; medians are reported
                    )->str:
     "`ddp_speed` as a printable table for `miniai-bench`: seconds per epoch and ratios to one process with two threads."
-    from miniai.bench import format_table   # here, not at the top: it loads numba
     r = ddp_speed(n_train, batch_size, repeats)
     names = [k for k in r if 'process' in k]
     base = r[names[0]]

@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from .augment import load_model, save_model
 from .conv import conv
-from .ddpm import fashion32_dls
+from .datasets import fashion32_dls
 from .store import file_lock, models_dir
 from .learner import DeviceCB, TrainLearner
 from .metrics import Accuracy, MetricsCB

@@ -18,6 +18,7 @@ from .accel import ChannelsLastCB
 from .sched import OneCycleCB
 from .augment import save_model, load_model
 from .store import file_lock, models_dir
+from .tables import format_table
 from .unet import UNet
 
 # %% ../nbs/20_karras.ipynb #87d82880
@@ -225,7 +226,7 @@ def trained_karras(epochs:int=1, # passes over the training images, if it has to
                    verbose:bool=True, # say where the model came from
                   )->tuple:
     "This lesson's denoiser and its training record: `(KarrasDenoiser, dict)`, loaded from `models_dir()`, or trained there with `train_karras` when missing."
-    from miniai.ddpm import fashion32_dls
+    from miniai.datasets import fashion32_dls
     path = models_dir()/f'karras_fashion_e{epochs}.pt'
     rec_path = path.with_suffix('.json')
     model = UNet()
@@ -256,7 +257,6 @@ def sampling_speed_table(n:int=64, # images per sampling run
     from miniai.ddpm import abar_from_betas, linear_betas, ddpm_sample
     from miniai.samplers import ddim_sample
     from miniai.timing import time_interleaved
-    from miniai.bench import format_table
     model = (UNet() if model is None else model).eval()
     abar, denoiser = abar_from_betas(linear_betas()), KarrasDenoiser(model)
     def g(): return torch.Generator().manual_seed(0)

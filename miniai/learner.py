@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch.optim.lr_scheduler import ExponentialLR
-from .conv import to_device, def_device
+from .device import to_device, def_device
 
 # %% ../nbs/09_learner.ipynb #8b8edbe6
 class Callback:

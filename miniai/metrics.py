@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from fastprogress.core import IN_NOTEBOOK
 from fastprogress.fastprogress import master_bar, progress_bar
 from .learner import Callback, Learner, TrainLearner, MomentumLearner, DeviceCB, TrainCB
-from .conv import simple_cnn, fashion_dls
+from .conv import simple_cnn
+from .datasets import fashion_dls
 
 # %% ../nbs/09b_metrics.ipynb #955fba42
 class Mean:

@@ -163,7 +163,7 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
                      verbose:bool=True, # say where the models came from
                     )->TextToImagePipeline:
     "The course's text-to-image pipeline: loaded from `folder`, or assembled from lessons 21, 24 and 25's default models (each loaded, or trained when missing) and saved there."
-    from miniai.ddpm import fashion32_dls
+    from miniai.datasets import fashion32_dls
     from miniai.fashion import load_fashion
     from miniai.vae import trained_vae, latent_scale
     from miniai.clip import trained_clip, fashion_thresholds

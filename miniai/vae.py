@@ -18,7 +18,7 @@ from .accel import ChannelsLastCB
 from .sched import OneCycleCB
 from .augment import save_model, load_model
 from .unet import norm_act_conv
-from .ddpm import fashion32_dls
+from .datasets import fashion32_dls
 from .store import file_lock, models_dir
 
 # %% ../nbs/21_vae.ipynb #c5981e9a

@@ -2,7 +2,8 @@
 import pytest, torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
-from miniai.conv import conv, conv2d_im2col, conv_out_size, im2col, receptive_field, to_device
+from miniai.conv import conv, conv2d_im2col, conv_out_size, im2col, receptive_field
+from miniai.device import to_device
 from strategies import conv_cases
 
 @given(conv_cases())
