@@ -4,15 +4,13 @@
 
 # %% auto #0
 __all__ = ['pad_crop', 'random_crop', 'random_flip', 'erase_mask', 'random_erase', 'BatchAugment', 'BatchTransformCB', 'Dropout',
-           'get_preds', 'hflip', 'tta_preds', 'save_model', 'load_model']
+           'get_preds', 'hflip', 'tta_preds']
 
 # %% ../nbs/14_augment.ipynb #bd074a49
 from collections.abc import Callable
-from pathlib import Path
 import torch
 from torch import nn
 from .learner import Callback, DeviceCB
-from .download import atomic_write
 
 # %% ../nbs/14_augment.ipynb #5f9ff6a7
 def _check_batch(x):
@@ -188,34 +186,3 @@ def tta_preds(model:nn.Module, # the model
         preds, targets = get_preds(model, dl, tfm, device)
         probs.append(preds.softmax(1))
     return torch.stack(probs).mean(0), targets
-
-# %% ../nbs/14_augment.ipynb #cd599001
-def save_model(model:nn.Module, # the model whose parameters and buffers to save
-               path:str|Path, # file to write
-              )->Path:
-    "Save `model.state_dict()` to `path` atomically: written to a temporary file beside it, renamed into place only when complete."
-    path = Path(path)
-    with atomic_write(path) as f: torch.save(model.state_dict(), f)
-    return path
-
-def load_model(model:nn.Module, # the model to load into, in place: the architecture the file was saved from
-               path:str|Path, # file written by `save_model`
-              )->nn.Module:
-    "Load weights saved by `save_model` into `model` and return it; a clear error if the file is missing, unreadable or from another architecture."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'no saved model at {path}: save one with save_model(model, path) first')
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f'{path.name} is not a state_dict saved by save_model ({type(e).__name__}: {e})') from e
-    if not isinstance(state, dict): raise ValueError(f'{path.name} holds a {type(state).__name__}, not a state_dict')
-    return _load_state(model, state, path.name)
-
-def _load_state(model, state, name, advice=''):
-    "Load the tensors `state` into `model` after checking they are exactly the model's, with its shapes; the error names the file `name`, then `advice`."
-    own = model.state_dict()
-    problems = [f'missing from the file: {sorted(missing)}'] if (missing := own.keys() - state.keys()) else []
-    if extra := state.keys() - own.keys(): problems.append(f'not in the model: {sorted(extra)}')
-    problems += [f'{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model'
-                 for k in own if k in state and state[k].shape != own[k].shape]
-    if problems: raise ValueError(f'{name} was saved from a different architecture than this {type(model).__name__}: ' + '; '.join(problems) + advice)
-    model.load_state_dict(state)
-    return model

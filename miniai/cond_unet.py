@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
-from .augment import save_model, load_model
-from .store import file_lock, models_dir
+from .store import file_lock, load_model, models_dir, save_model
 from .datasets import DataLoaders
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d

@@ -16,9 +16,8 @@ from .learner import Callback, DeviceCB, Learner, TrainCB
 from .metrics import MetricsCB
 from .sched import OneCycleCB
 from .accel import ChannelsLastCB
-from .augment import save_model, load_model
+from .store import file_lock, load_model, models_dir, save_model
 from .unet import UNet
-from .store import file_lock, models_dir
 
 # %% ../nbs/17_ddpm.ipynb #c06dae28
 def linear_betas(T:int=1000, # number of diffusion steps

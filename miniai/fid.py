@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .augment import load_model, save_model
+from .store import file_lock, load_model, models_dir, save_model
 from .conv import conv
 from .datasets import fashion32_dls
-from .store import file_lock, models_dir
 from .learner import DeviceCB, TrainLearner
 from .metrics import Accuracy, MetricsCB
 from .sched import OneCycleCB

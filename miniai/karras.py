@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .accel import ChannelsLastCB
 from .sched import OneCycleCB
-from .augment import save_model, load_model
-from .store import file_lock, models_dir
+from .store import file_lock, load_model, models_dir, save_model
 from .tables import format_table
 from .unet import UNet
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .download import atomic_write
-from .augment import _load_state
-from .store import file_lock, models_dir
+from .store import file_lock, load_state, models_dir
 from .text import SPECIAL_TOKENS, Tokenizer, FashionCaptions, split_words, pixel_measures, tercile_thresholds
 from .vae import VAE
 from .clip import CLIPModel
@@ -39,7 +38,7 @@ def load_weights(model:nn.Module, # the model to load into, in place, built from
     if not path.is_file(): raise FileNotFoundError(f'{path.name} is missing from the folder {path.parent.name or "."}: save the pipeline again with save_pretrained')
     try: state = load(path.read_bytes())
     except Exception as e: raise ValueError(f'{path.name} is not a readable safetensors file ({type(e).__name__}: {e}): save the pipeline again') from e
-    return _load_state(model, state, path.name, ' (the weights and model_index.json come from different models): save the pipeline again')
+    return load_state(model, state, path.name, ' (the weights and model_index.json come from different models): save the pipeline again')
 
 # %% ../nbs/26_text_to_image.ipynb #1ad17c93
 def check_prompts(prompt, # a text, or a list of texts

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .accel import ChannelsLastCB
 from .sched import OneCycleCB
-from .augment import save_model, load_model
+from .store import file_lock, load_model, models_dir, save_model
 from .unet import norm_act_conv
 from .datasets import fashion32_dls
-from .store import file_lock, models_dir
 
 # %% ../nbs/21_vae.ipynb #c5981e9a
 def reparameterize(mean:torch.Tensor, # means of the Gaussians, any shape

@@ -4,7 +4,8 @@ from torch import nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from miniai.augment import (pad_crop, random_crop, random_flip, erase_mask, random_erase, BatchAugment, BatchTransformCB,
-                            Dropout, get_preds, hflip, tta_preds, save_model, load_model)
+                            Dropout, get_preds, hflip, tta_preds)
+from miniai.store import load_model, save_model
 from miniai.learner import Callback, TrainLearner, DeviceCB
 
 def gen(seed): return torch.Generator().manual_seed(seed)

@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import miniai.ddpm as ddpm
-from miniai.augment import save_model
-from miniai.store import file_lock, models_dir
+from miniai.store import file_lock, models_dir, save_model
 from miniai.unet import UNet
 
 fork = multiprocessing.get_context('fork')
