@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .download import atomic_write
-from .store import file_lock, load_state, models_dir
+from .store import atomic_folder, file_lock, load_state, models_dir, restore_folder
 from .text import SPECIAL_TOKENS, Tokenizer, FashionCaptions, split_words, pixel_measures, tercile_thresholds
 from .vae import VAE
 from .clip import CLIPModel
@@ -81,6 +81,10 @@ def sample_dpmpp_2m(denoiser, # `denoiser(x, sigma)`: the clean images it estima
 PIPELINE_FORMAT = 'miniai text-to-image pipeline, version 1'  # what `model_index.json` says it is
 PIPELINE_FILES = dict(vae='vae.safetensors', clip='clip.safetensors', unet='unet.safetensors')  # each model's weights in a pipeline folder
 
+def _pipeline_folder(folder:Path)->bool:
+    "Whether `folder` holds nothing but what `save_pretrained` writes (empty, a pipeline, or one an older, interrupted save left)."
+    return {p.name for p in folder.iterdir()} <= {*PIPELINE_FILES.values(), 'model_index.json'}
+
 class TextToImagePipeline:
     "Text to image in the style of diffusers: `pipe(prompt, num_inference_steps=, guidance_scale=, generator=)` gives images [n, 1, 32, 32] in [0, 1], from a CLIP text encoder, a guided conditioned U-Net and a VAE decoder."
     def __init__(self,
@@ -123,27 +127,37 @@ class TextToImagePipeline:
         return (torch.cat(out) + 1) / 2
 
     def save_pretrained(self, folder:str|Path)->Path:
-        "Write the pipeline to `folder`: each model's weights with `save_weights`, then `model_index.json` (configurations, vocabulary, scales, record)."
+        "Write the pipeline to `folder` whole: weights with `save_weights` and `model_index.json`, in a new folder that replaces the old one only when complete."
         folder = Path(folder)
-        index_path = folder/'model_index.json'
-        if folder.is_dir() and any(folder.iterdir()) and not index_path.is_file():
-            raise FileExistsError(f'{folder.name} holds files but no model_index.json: not a pipeline folder; save into a new or empty folder')
-        folder.mkdir(parents=True, exist_ok=True)
-        index_path.unlink(missing_ok=True)   # until the new index is written, the folder is incomplete, and loading says so
-        for name, model in (('vae', self.vae), ('clip', self.clip), ('unet', self.denoiser.model)): save_weights(model, folder/PIPELINE_FILES[name])
-        index = dict(format=PIPELINE_FORMAT, vae=dict(in_ch=self.vae.in_ch, n_latent=self.vae.n_latent, nfs=list(self.vae.nfs)), clip=self.clip.config,
-                     unet=self.denoiser.model.config, tokenizer=dict(vocab=self.tokenizer.itos, max_len=self.tokenizer.max_len),
+        if folder.is_dir() and not _pipeline_folder(folder):
+            raise FileExistsError(f'{folder.name} holds other files than a pipeline: not a pipeline folder; save into a new or empty folder')
+        index = dict(format=PIPELINE_FORMAT, vae=dict(in_ch=self.vae.in_ch, n_latent=self.vae.n_latent, nfs=list(self.vae.nfs)),
+                     clip=self.clip.config, unet=self.denoiser.model.config,
+                     tokenizer=dict(vocab=self.tokenizer.itos, max_len=self.tokenizer.max_len),
                      sigma_data=self.denoiser.sigma_data, latent_scale=self.latent_scale, record=self.record)
-        with atomic_write(index_path) as f: f.write(json.dumps(index, indent=1).encode())
+        try: text = json.dumps(index, indent=1, allow_nan=False)   # before anything is written
+        except (TypeError, ValueError) as e:
+            raise TypeError(f'the pipeline\'s record can\'t be saved as JSON ({e}): keep numbers, strings, lists and dicts in it') from e
+        with atomic_folder(folder) as new:
+            for name, model in (('vae', self.vae), ('clip', self.clip), ('unet', self.denoiser.model)):
+                save_weights(model, new/PIPELINE_FILES[name])
+            (new/'model_index.json').write_text(text)
         return folder
 
     @classmethod
     def from_pretrained(cls, folder:str|Path)->'TextToImagePipeline':
         "The pipeline saved in `folder` by `save_pretrained`: each model rebuilt from `model_index.json`, then its weights loaded; clear errors for anything missing or corrupt."
         folder = Path(folder)
+        with file_lock(folder):   # no save swaps the folder while we read it
+            restore_folder(folder)
+            return cls._load(folder)
+
+    @classmethod
+    def _load(cls, folder:Path)->'TextToImagePipeline':
+        "`from_pretrained`'s reading, once the folder is locked."
         index_path = folder/'model_index.json'
         if not index_path.is_file():
-            raise FileNotFoundError(f'no model_index.json in {folder.name or "."}: not a pipeline folder, or its saving was interrupted; '
+            raise FileNotFoundError(f'no model_index.json in {folder.name or "."}: not a pipeline folder; '
                                     'save one with save_pretrained, or build it with trained_pipeline()')
         try: index = json.loads(index_path.read_text())
         except ValueError as e: raise ValueError(f'model_index.json in {folder.name} is not valid JSON ({e}): save the pipeline again') from e

@@ -158,15 +158,56 @@ def test_weights_of_another_model(saved, tmp_path):
     (saved/PIPELINE_FILES['vae']).write_bytes((other/PIPELINE_FILES['vae']).read_bytes())
     with pytest.raises(ValueError, match='different architecture than this VAE'): TextToImagePipeline.from_pretrained(saved)
 
-def test_interrupted_save_is_refused_not_mixed(pipe, saved, monkeypatch):
-    "A save that dies after the VAE leaves no index: loading refuses instead of mixing new and old weights."
+def test_failed_save_keeps_the_old_pipeline(pipe, saved, monkeypatch):
+    "A save that dies after the VAE leaves the old pipeline whole: it loads and gives the old images."
+    before = pipe('a bag', num_inference_steps=2, generator=g(0))
     real = pl.save_weights
     def dying(model, path):
         if path.name == PIPELINE_FILES['clip']: raise OSError('disk full')
         return real(model, path)
     monkeypatch.setattr(pl, 'save_weights', dying)
     with pytest.raises(OSError, match='disk full'): small_pipe(seed=1).save_pretrained(saved)
-    with pytest.raises(FileNotFoundError, match='interrupted'): TextToImagePipeline.from_pretrained(saved)
+    again = TextToImagePipeline.from_pretrained(saved)
+    torch.testing.assert_close(again('a bag', num_inference_steps=2, generator=g(0)), before, atol=0, rtol=0)
+    assert sorted(p.name for p in saved.parent.iterdir()) == ['p']   # no .part or .old left
+
+def test_record_json_cannot_hold_is_refused_before_writing(pipe, saved):
+    bad = small_pipe(seed=1); bad.record = dict(when=object())
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    with pytest.raises(TypeError, match="record can't be saved as JSON"): bad.save_pretrained(saved)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
+    bad.record = dict(loss=float('nan'))
+    with pytest.raises(TypeError, match="record can't be saved as JSON"): bad.save_pretrained(saved)
+
+def test_folder_an_older_save_left_without_index_can_be_saved_again(pipe, saved):
+    "Older versions removed model_index.json first: a folder they left half-saved is saved into, not refused."
+    (saved/'model_index.json').unlink()
+    pipe.save_pretrained(saved)
+    TextToImagePipeline.from_pretrained(saved)
+
+def test_a_save_killed_between_its_renames_is_restored(pipe, saved):
+    saved.rename(saved.with_name('.p.old'))
+    TextToImagePipeline.from_pretrained(saved)   # restores it
+    assert saved.is_dir() and not saved.with_name('.p.old').exists()
+
+def _save_forever(pipe, folder):
+    torch.set_num_threads(1)
+    while True: pipe.save_pretrained(folder)
+
+def test_kill_9_during_saves_never_loses_the_pipeline(pipe, saved):
+    "Fault injection: a process saving the pipeline over and over is killed at random moments; a complete copy always loads."
+    import multiprocessing, os, random, signal, time
+    other = small_pipe(seed=1)
+    expect = {pipe('a bag', num_inference_steps=2, generator=g(0)).sum().item(), other('a bag', num_inference_steps=2, generator=g(0)).sum().item()}
+    rng = random.Random(0)
+    for _ in range(8):
+        child = multiprocessing.get_context('fork').Process(target=_save_forever, args=(other, saved)); child.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.kill(child.pid, signal.SIGKILL); child.join()
+        loaded = TextToImagePipeline.from_pretrained(saved)
+        assert loaded('a bag', num_inference_steps=2, generator=g(0)).sum().item() in expect
+    pipe.save_pretrained(saved)
+    assert sorted(p.name for p in saved.parent.iterdir()) == ['p']   # the next save cleared what the killed ones left
 
 def test_foreign_folder_is_left_alone(pipe, tmp_path):
     (tmp_path/'mine').mkdir(); (tmp_path/'mine'/'notes.txt').write_text('keep')
