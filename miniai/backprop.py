@@ -23,11 +23,13 @@ def relu(x):
 def mse(output, # predictions: a column [n, 1] (as our model gives), or [n]
         targ, # targets, [n]
        ):
-    "Mean squared error of `output` against `targ`; warns, as `F.mse_loss` does, when their shapes differ and would broadcast."
+    ("Mean squared error of `output` against `targ`; warns, as `F.mse_loss` does, when their shapes differ "
+     "and would broadcast.")
     if output.ndim == 2 and output.shape[1] == 1 and targ.ndim == 1: output = output[:, 0]
     if output.shape != targ.shape:
-        warnings.warn(f'mse: predictions of shape {tuple(output.shape)} and targets of shape {tuple(targ.shape)} differ; '
-                      'they will broadcast, which is likely wrong', UserWarning, stacklevel=2)
+        warnings.warn(f'mse: predictions of shape {tuple(output.shape)} and targets of shape '
+                      f'{tuple(targ.shape)} differ; they will broadcast, which is likely wrong',
+                      UserWarning, stacklevel=2)
     return (output - targ).pow(2).mean()
 
 # %% ../nbs/03_backprop.ipynb #0ef5c855

@@ -21,17 +21,22 @@ def check_close(result, # what the implementation returned
                 expected, # PyTorch's answer
                 k:int, # each element is a sum of `k` products (the inner dimension)
                ):
-    "Raise `AssertionError` unless `result` has `expected`'s shape, NaN and infinities, and is within float32 rounding for sums of `k` products."
+    ("Raise `AssertionError` unless `result` has `expected`'s shape, NaN and infinities, "
+     "and is within float32 rounding for sums of `k` products.")
     result, expected = torch.as_tensor(result).to(torch.float64), torch.as_tensor(expected).to(torch.float64)
-    if result.shape != expected.shape: raise AssertionError(f'result has shape {tuple(result.shape)}, torch gives {tuple(expected.shape)}')
+    if result.shape != expected.shape:
+        raise AssertionError(f'result has shape {tuple(result.shape)}, torch gives {tuple(expected.shape)}')
     if not torch.equal(result.isnan(), expected.isnan()):
-        raise AssertionError(f'NaN in different places: {int(result.isnan().sum())} in the result, {int(expected.isnan().sum())} from torch')
+        raise AssertionError(f'NaN in different places: {int(result.isnan().sum())} in the result, '
+                             f'{int(expected.isnan().sum())} from torch')
     inf = expected.isinf()
-    if not torch.equal(result.isinf(), inf) or not torch.equal(result[inf], expected[inf]): raise AssertionError('infinities differ from torch\'s')
+    if not torch.equal(result.isinf(), inf) or not torch.equal(result[inf], expected[inf]):
+        raise AssertionError('infinities differ from torch\'s')
     finite = expected.isfinite()
     if not finite.any(): return
     err = (result[finite] - expected[finite]).abs().max().item()
-    if err > 1e-5 * k * max(1.0, expected[finite].abs().max().item()): raise AssertionError(f'result differs from torch by {err:.3g}')
+    if err > 1e-5 * k * max(1.0, expected[finite].abs().max().item()):
+        raise AssertionError(f'result differs from torch by {err:.3g}')
 
 # %% ../nbs/01j_benchmark.ipynb #c9fc39db
 SLOW_RUNGS = [mm.matmul_loops, mm.matmul_numba, mm.matmul_elementwise, mm.matmul_dot, mm.matmul_grid, mm.matmul_cuda]
@@ -57,7 +62,8 @@ def ladder_table(big_rows:int=50_000, # rows of the big product, (big_rows x 784
             rows.append([name, f'{m}x784 @ 784x10', f'{t * 1e3:.3f}', f'{speeds[name] / loops_speed:,.0f}x',
                          f'{speeds[name]:.3g}', f'{speeds[name] / speeds["torch (@)"]:.3g}'])
     return format_table(f'1. The matmul ladder (threads: {torch.get_num_threads()}, median of {repeats})',
-                        ['implementation', 'shape', 'median ms', 'speed-up vs loops', 'GFLOP/s', 'ratio to torch'], rows)
+                        ['implementation', 'shape', 'median ms', 'speed-up vs loops', 'GFLOP/s', 'ratio to torch'],
+                        rows)
 
 # %% ../nbs/01j_benchmark.ipynb #5811f4e0
 SQUARE_KERNELS = [fm.matmul_ijk_numba, fm.matmul_ikj_numba, fm.matmul_blocked_numba, fm.matmul_packed_numba,
@@ -78,17 +84,20 @@ def square_table(sizes=(512, 1024, 2048), # matrix sizes n (n x n @ n x n)
         for f in kernels: check_close(f(a, b), expected, n)
         check_close(an @ bn, expected, n)
         for t in threads:
-            fns = {'torch': lambda: a @ b, 'numpy': lambda: an @ bn} | {f.__name__: (lambda f=f: f(a, b)) for f in kernels}
+            fns = ({'torch': lambda: a @ b, 'numpy': lambda: an @ bn}
+                   | {f.__name__: (lambda f=f: f(a, b)) for f in kernels})
             with set_threads(t): times = time_interleaved(fns, repeats=repeats)
             results[(n, t)] = speeds = {name: gflops(sec, n, n, n) for name, sec in times.items()}
             rows += [[n, t, name, f'{g:.1f}', f'{g / speeds["torch"]:.2f}'] for name, g in speeds.items()]
-    return format_table(f'2. Square float32 matmul (median of {repeats})', ['n', 'threads', 'implementation', 'GFLOP/s', 'ratio to torch'], rows), results
+    return format_table(f'2. Square float32 matmul (median of {repeats})',
+                        ['n', 'threads', 'implementation', 'GFLOP/s', 'ratio to torch'], rows), results
 
 # %% ../nbs/01j_benchmark.ipynb #989c60d6
 def rng_table(n:int=1_000_000, # how many numbers per call
               repeats:int=5, # timed rounds
              )->str:
-    "Table 3: numbers per second for `n` float32 numbers from pure-Python Wichmann-Hill, `WichmannHillStreams`, `torch.rand`."
+    ("Table 3: numbers per second for `n` float32 numbers from pure-Python Wichmann-Hill, "
+     "`WichmannHillStreams`, `torch.rand`.")
     gen, streams = WichmannHill(42), WichmannHillStreams.from_seed(42)
     sample = streams.rand_flat(n)
     assert sample.shape == (n,) and sample.dtype == torch.float32 and 0 <= sample.min() and sample.max() < 1
@@ -111,9 +120,11 @@ def plot_square(results:dict, # `square_table`'s numbers: {(n, threads): {name: 
     names = list(results[(n, threads[0])])
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * len(names) * len(threads)))
     for i, t in enumerate(threads):
-        ax.barh([j * (len(threads) + 1) + i for j in range(len(names))], [results[(n, t)][k] for k in names], label=f'{t} thread(s)')
+        ax.barh([j * (len(threads) + 1) + i for j in range(len(names))], [results[(n, t)][k] for k in names],
+                label=f'{t} thread(s)')
     ax.set_yticks([j * (len(threads) + 1) + (len(threads) - 1) / 2 for j in range(len(names))], names)
-    ax.invert_yaxis(); ax.set_xlabel('GFLOP/s'); ax.set_title(f'float32 matmul, n={n}, threads: {", ".join(map(str, threads))}'); ax.legend()
+    ax.invert_yaxis(); ax.set_xlabel('GFLOP/s')
+    ax.set_title(f'float32 matmul, n={n}, threads: {", ".join(map(str, threads))}'); ax.legend()
     fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
 def _square(opts):
@@ -122,6 +133,7 @@ def _square(opts):
     if opts.plot: plot_square(results, opts.plot); table += f'\n(chart saved to {opts.plot})'
     return table
 
+# %% ../nbs/01j_benchmark.ipynb #ad097e77
 def _by_name(spec:str): # 'module:function'
     "The function `spec` names, its module imported now."
     module, _, name = spec.partition(':')
@@ -163,22 +175,35 @@ def _numbers(text): return [int(v) for v in text.split(',')]
 def main(argv:list[str]|None=None, # command-line arguments (default: `sys.argv[1:]`)
         ):
     "Entry point of `miniai-bench`: print the machine, then the tables (see `--help`)."
-    p = argparse.ArgumentParser(prog='miniai-bench', description='Time the matmul ladder, square matmuls and random numbers, checked against torch.')
+    p = argparse.ArgumentParser(prog='miniai-bench',
+                                description='Time the matmul ladder, square matmuls and random numbers, '
+                                            'checked against torch.')
     p.add_argument('--tables', default=','.join(TABLES), help='which tables, comma-separated (default: %(default)s)')
-    p.add_argument('--sizes', default='512,1024,2048', help='square sizes for the square table, comma-separated (default: %(default)s)')
-    p.add_argument('--threads', default='1,2', help='thread counts for the square table, comma-separated (default: %(default)s)')
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds per measurement; medians are reported (default: %(default)s)')
-    p.add_argument('--rng-count', type=int, default=1_000_000, help='how many random numbers for the rng table (default: %(default)s)')
-    p.add_argument('--quick', action='store_true', help='tiny sizes and three rounds: checks that everything runs, in seconds (not a measurement)')
+    p.add_argument('--sizes', default='512,1024,2048',
+                   help='square sizes for the square table, comma-separated (default: %(default)s)')
+    p.add_argument('--threads', default='1,2',
+                   help='thread counts for the square table, comma-separated (default: %(default)s)')
+    p.add_argument('--repeats', type=int, default=5,
+                   help='timed rounds per measurement; medians are reported (default: %(default)s)')
+    p.add_argument('--rng-count', type=int, default=1_000_000,
+                   help='how many random numbers for the rng table (default: %(default)s)')
+    p.add_argument('--quick', action='store_true',
+                   help='tiny sizes and three rounds: checks that everything runs, in seconds '
+                        '(not a measurement)')
     p.add_argument('--plot', metavar='PNG', help='also save a chart of the square table to this file')
     opts = p.parse_args(argv)
     try: opts.sizes, opts.threads = _numbers(opts.sizes), _numbers(opts.threads)
-    except ValueError: p.error(f'--sizes and --threads take comma-separated whole numbers, got {opts.sizes!r} and {opts.threads!r}')
-    if min(opts.sizes + opts.threads) < 1 or opts.repeats < 1 or opts.rng_count < 1: p.error('sizes, threads, repeats and --rng-count must be at least 1')
+    except ValueError: p.error('--sizes and --threads take comma-separated whole numbers, '
+                               f'got {opts.sizes!r} and {opts.threads!r}')
+    if min(opts.sizes + opts.threads) < 1 or opts.repeats < 1 or opts.rng_count < 1:
+        p.error('sizes, threads, repeats and --rng-count must be at least 1')
     names = [t for t in opts.tables.split(',') if t]
-    if unknown := [t for t in names if t not in TABLES]: p.error(f'unknown table(s) {", ".join(unknown)}; choose from {", ".join(TABLES)}')
+    if unknown := [t for t in names if t not in TABLES]:
+        p.error(f'unknown table(s) {", ".join(unknown)}; choose from {", ".join(TABLES)}')
     opts.big_rows = 50_000
-    if opts.quick: opts.sizes, opts.threads, opts.repeats, opts.big_rows, opts.rng_count = [64, 96], opts.threads[:1], 3, 500, 10_000
+    if opts.quick:
+        opts.sizes, opts.threads, opts.repeats, opts.big_rows, opts.rng_count = (
+            [64, 96], opts.threads[:1], 3, 500, 10_000)
     with set_threads(max(opts.threads)):
         print(machine_summary(), end='\n\n', flush=True)
         for name in names: print(run_table(TABLES[name], opts), end='\n\n', flush=True)

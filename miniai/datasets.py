@@ -37,14 +37,17 @@ class DictDataset:
         if isinstance(i, slice): i = range(len(self))[i]
         if isinstance(i, (list, tuple, range)): return self._batch(list(i))
         i = operator.index(i)
-        if not -len(self) <= i < len(self): raise IndexError(f'row {i} is out of range for a dataset of {len(self):,} rows')
+        if not -len(self) <= i < len(self):
+            raise IndexError(f'row {i} is out of range for a dataset of {len(self):,} rows')
         return {name: v[0] for name, v in self._batch([i]).items()}
     def __getitems__(self, idxs:list)->'BatchRows':
-        "Rows `idxs`, read and transformed as one batch, as a sequence of dicts: PyTorch's `DataLoader` fetches batches this way."
+        ("Rows `idxs`, read and transformed as one batch, as a sequence of dicts: "
+         "PyTorch's `DataLoader` fetches batches this way.")
         idxs = list(idxs)
         return BatchRows(self._batch(idxs), len(idxs))
     def with_transform(self, transform)->'DictDataset':
-        "A dataset on the same columns whose batches go through `transform` as they are read (the data itself is not changed)."
+        ("A dataset on the same columns whose batches go through `transform` as they are read "
+         "(the data itself is not changed).")
         return DictDataset(self.columns, transform)
     def __repr__(self): return f'DictDataset(column_names={self.column_names}, num_rows={len(self)})'
 
@@ -82,13 +85,16 @@ def fashion_dd(folder:str|Path|None=None, # where to keep the files (default: `d
                verbose:bool=True, # print where the data came from
                **kwargs
               )->DatasetDict:
-    "Fashion-MNIST as a `DatasetDict` of `train` and `valid` splits, columns `image` (uint8, 28 x 28) and `label` (int64); other keyword arguments go to `load_fashion` (e.g. `system_dir`)."
+    ("Fashion-MNIST as a `DatasetDict` of `train` and `valid` splits, columns `image` (uint8, 28 x 28) "
+     "and `label` (int64); other keyword arguments go to `load_fashion` (e.g. `system_dir`).")
     splits = load_fashion(folder, verbose=verbose, **kwargs)
-    return DatasetDict({name: DictDataset({'image': x, 'label': y}) for name, (x, y) in zip(('train', 'valid'), splits)})
+    return DatasetDict({name: DictDataset({'image': x, 'label': y})
+                        for name, (x, y) in zip(('train', 'valid'), splits)})
 
 # %% ../nbs/05b_datasets.ipynb #6fdb17e8
 def collate_batch(items:list):
-    "Stack a list of rows (tensors, arrays, numbers, strings, or dicts and tuples of them) into one batch of the same structure."
+    ("Stack a list of rows (tensors, arrays, numbers, strings, or dicts and tuples of them) "
+     "into one batch of the same structure.")
     if isinstance(items, BatchRows): return {name: _collate_column(col) for name, col in items.batch.items()}
     if not items: raise ValueError('cannot collate an empty list of rows')
     first = items[0]
@@ -99,7 +105,9 @@ def collate_batch(items:list):
     if isinstance(first, (str, bytes)): return list(items)
     if isinstance(first, Mapping): return {key: collate_batch([item[key] for item in items]) for key in first}
     if isinstance(first, Sequence):
-        if any(len(item) != len(first) for item in items): raise ValueError(f'rows of different lengths cannot be collated: {sorted({len(i) for i in items})}')
+        if any(len(item) != len(first) for item in items):
+            raise ValueError('rows of different lengths cannot be collated: '
+                             f'{sorted({len(i) for i in items})}')
         cols = [collate_batch(list(col)) for col in zip(*items)]
         return type(first)(*cols) if hasattr(first, '_fields') else type(first)(cols)
     raise TypeError(f'cannot collate rows of type {type(first).__name__}')
@@ -130,9 +138,12 @@ class DataLoaders:
                 as_tuple:bool=True, # batches as tuples of columns (`xb, yb`), else as dicts
                 **kwargs
                )->'DataLoaders':
-        "Data loaders for the `train` and `valid` splits of `dd`; other keyword arguments go to PyTorch's `DataLoader` (e.g. `num_workers`)."
-        if missing := {'train', 'valid'} - set(dd): raise KeyError(f'from_dd needs splits train and valid; {sorted(missing)} missing from {list(dd)}')
-        return cls(*get_dls(dd['train'], dd['valid'], bs=batch_size, collate_fn=collate_dict(dd['train']) if as_tuple else collate_batch, **kwargs))
+        ("Data loaders for the `train` and `valid` splits of `dd`; "
+         "other keyword arguments go to PyTorch's `DataLoader` (e.g. `num_workers`).")
+        if missing := {'train', 'valid'} - set(dd):
+            raise KeyError(f'from_dd needs splits train and valid; {sorted(missing)} missing from {list(dd)}')
+        return cls(*get_dls(dd['train'], dd['valid'], bs=batch_size,
+                            collate_fn=collate_dict(dd['train']) if as_tuple else collate_batch, **kwargs))
 
 # %% ../nbs/07_convolutions.ipynb #a9f75947
 def fashion_dls(batch_size:int=512, # training batch size (validation batches are twice as big)

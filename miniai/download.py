@@ -24,7 +24,8 @@ def data_dir()->Path:
 _ON, _OFF = ('1', 'true', 'yes', 'on'), ('', '0', 'false', 'no', 'off')
 
 def is_offline()->bool:
-    "Whether `$MINIAI_OFFLINE` forbids the network: 1/true/yes/on do, 0/false/no/off/empty/unset don't; else `ValueError`."
+    ("Whether `$MINIAI_OFFLINE` forbids the network: 1/true/yes/on do, 0/false/no/off/empty/unset don't; "
+     "else `ValueError`.")
     value = os.environ.get('MINIAI_OFFLINE', '')
     if value.strip().lower() in _ON: return True
     if value.strip().lower() in _OFF: return False
@@ -33,7 +34,8 @@ def is_offline()->bool:
 
 # %% ../nbs/01a_getting_data.ipynb #65a4bb15
 def test_size()->bool:
-    "Whether lessons run at test size: under `nbdev_test` (which sets `$IN_TEST`), unless `$MINIAI_FULL` asks for full runs."
+    ("Whether lessons run at test size: under `nbdev_test` (which sets `$IN_TEST`), "
+     "unless `$MINIAI_FULL` asks for full runs.")
     def flag(name):
         value = os.environ.get(name, '').strip().lower()
         if value in _ON: return True
@@ -88,8 +90,10 @@ def _content_length(url, response)->int|None:
                             'try again later')
     return int(value)
 
+# %% ../nbs/01a_getting_data.ipynb #6de0f64d
 def _copy_response(url, f, timeout, progress, deadline):
-    "Stream `url` into the open file `f`; raise `DownloadError` on any network, HTTP or size failure, or after `deadline` s."
+    ("Stream `url` into the open file `f`; raise `DownloadError` on any network, HTTP or size failure, "
+     "or after `deadline` s.")
     start, got = time.monotonic(), 0
     try:
         with urlopen(url, timeout=timeout) as response:
@@ -104,8 +108,9 @@ def _copy_response(url, f, timeout, progress, deadline):
                 got += f.write(block)
                 if bar: bar.update(got)
                 if time.monotonic() - start > deadline:
-                    raise DownloadError(f'download of {url} took over {deadline:g} s ({got:,} bytes so far): the '
-                                        'connection is too slow or the server stalls; try again later, or allow a larger deadline')
+                    raise DownloadError(f'download of {url} took over {deadline:g} s ({got:,} bytes so far): '
+                                        'the connection is too slow or the server stalls; try again later, '
+                                        'or allow a larger deadline')
             if bar and total is None: bar.total = got; bar.update(got)
     except HTTPError as e:
         raise DownloadError(f'{url} answered HTTP {e.code} ({e.reason}): check the URL, or try again later') from e
@@ -129,7 +134,8 @@ def download(url:str, # address to fetch (http://, https:// or file://)
              deadline:float=600, # seconds the whole download may take, however the server behaves
             )->Path:
     "Fetch `url` into `dest` unless a verified copy is there; `dest` only ever appears complete and checked."
-    if not (timeout > 0 and deadline > 0): raise ValueError(f'timeout and deadline must be positive seconds, got {timeout} and {deadline}')
+    if not (timeout > 0 and deadline > 0):
+        raise ValueError(f'timeout and deadline must be positive seconds, got {timeout} and {deadline}')
     dest = Path(dest)
     if dest.is_file():
         if (problem := file_mismatch(dest, size, md5)) is None: return dest

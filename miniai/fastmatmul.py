@@ -32,7 +32,8 @@ def compile_kernel(py_func, # `f(a, b, c)` that adds `a @ b` into `c`
                   ):
     "Compile `py_func(a, b, c)` now, for float32 C-contiguous matrices, with `FASTMATH` and SLP vectorisation."
     # numba can't cache a parallel function that calls another compiled one, so those compile at import
-    with slp_vectorizer(): return njit(KERNEL_SIGNATURE, fastmath=FASTMATH, parallel=parallel, cache=not parallel)(py_func)
+    with slp_vectorizer():
+        return njit(KERNEL_SIGNATURE, fastmath=FASTMATH, parallel=parallel, cache=not parallel)(py_func)
 
 def run_kernel(kernel, # compiled `kernel(a, b, c)`
                a, b, # matrices to multiply: tensors or arrays, any real dtype and layout
@@ -85,17 +86,21 @@ _FMA = (dict(vector_fma=r'vfmadd\d+ps', scalar_fma=r'vfmadd\d+ss') if _X86  # fu
 # %% ../nbs/01h_fast_matmul.ipynb #f94e8879
 def kernel_asm(kernel)->str:
     "The machine code numba generates for `kernel` (a numba-compiled function, compiled or called at least once)."
-    if not getattr(kernel, 'signatures', None): raise ValueError(f'{kernel!r} has not been compiled yet: call it once first')
+    if not getattr(kernel, 'signatures', None):
+        raise ValueError(f'{kernel!r} has not been compiled yet: call it once first')
     options = {k: v for k, v in kernel.targetoptions.items() if k not in ('cache', 'nopython')}
-    with slp_vectorizer(): fresh = njit(list(kernel.signatures), **options)(kernel.py_func)  # code loaded from cache has no listing
+    # code loaded from cache has no listing
+    with slp_vectorizer(): fresh = njit(list(kernel.signatures), **options)(kernel.py_func)
     return '\n'.join(fresh.inspect_asm().values())
 
 def count_instructions(kernel, # a numba-compiled function, compiled or called at least once
-                       **patterns:str, # name=regular expression for the instructions to count (default: vector and scalar FMAs)
+                       # name=regular expression for the instructions to count (default: vector and scalar FMAs)
+                       **patterns:str,
                       )->dict:
     "How many instructions in `kernel`'s machine code match each of `patterns`."
     asm = kernel_asm(kernel)
-    return {name: len(re.findall(rf'^\s+{pattern}\s', asm, re.MULTILINE)) for name, pattern in (patterns or _FMA).items()}
+    return {name: len(re.findall(rf'^\s+{pattern}\s', asm, re.MULTILINE))
+            for name, pattern in (patterns or _FMA).items()}
 
 # %% ../nbs/01h_fast_matmul.ipynb #81b960ca
 KC, NC = 256, 1024  # a block of B is KC x NC float32s = 1 MB: chosen for a core with about 1 MB of L2

@@ -21,7 +21,8 @@ def stream_seeds(seed:int, # the one seed a user picks, a non-negative integer
     try: s = -1 if isinstance(seed, bool) else operator.index(seed)
     except TypeError: s = -1
     if s < 0: raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0: raise ValueError(f'count must be a whole number >= 0, got {count!r}')
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f'count must be a whole number >= 0, got {count!r}')
     return [int.from_bytes(hashlib.sha256(f'{s}:{i}'.encode()).digest()[:16], 'little') for i in range(count)]
 
 # %% ../nbs/01i_fast_random.ipynb #ddb7f32d
@@ -61,15 +62,18 @@ class WichmannHillStreams:
     "Many Wichmann-Hill generators stepped together, one per seed; seeds are spread by hashing unless `raw_seeds`."
     def __init__(self,
                  seeds, # one seed per stream, non-negative integers
-                 raw_seeds:bool=False, # use the seeds as given, so stream i is exactly `WichmannHill(seeds[i])` (warns if two are related)
+                 # use the seeds as given, so stream i is exactly `WichmannHill(seeds[i])` (warns if two are related)
+                 raw_seeds:bool=False,
                 ):
         seeds = list(seeds)
         if not seeds: raise ValueError('WichmannHillStreams needs at least one seed')
         if not raw_seeds: seeds = [stream_seeds(s, 1)[0] for s in seeds]
         states = [WichmannHill(s).state for s in seeds]
         if raw_seeds and (pair := _related_pair(seeds, states)):
-            warnings.warn(f'raw seeds {pair[0]} and {pair[1]} give Wichmann-Hill states that share two of their three numbers, so their streams are '
-                          'closely related (their difference is a generator with at most 30,268 values); leave raw_seeds=False to spread the seeds by hashing',
+            warnings.warn(f'raw seeds {pair[0]} and {pair[1]} give Wichmann-Hill states that share two of '
+                          'their three numbers, so their streams are closely related (their difference is '
+                          'a generator with at most 30,268 values); leave raw_seeds=False to spread the '
+                          'seeds by hashing',
                           stacklevel=2)
         self._set_states(states)
 
@@ -83,22 +87,27 @@ class WichmannHillStreams:
                   streams:int=4096, # how many streams
                  ):
         "`streams` unrelated streams seeded from one `seed` by `stream_seeds`."
-        if seed is None: seed = int.from_bytes(np.random.SeedSequence().generate_state(2, np.uint64).tobytes(), 'little')
-        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1: raise ValueError(f'streams must be a whole number >= 1, got {streams!r}')
+        if seed is None:
+            seed = int.from_bytes(np.random.SeedSequence().generate_state(2, np.uint64).tobytes(), 'little')
+        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
+            raise ValueError(f'streams must be a whole number >= 1, got {streams!r}')
         self = cls.__new__(cls)
-        self._set_states([WichmannHill(s).state for s in stream_seeds(seed, streams)])   # already spread: no second hash
+        # already spread: no second hash
+        self._set_states([WichmannHill(s).state for s in stream_seeds(seed, streams)])
         return self
 
     def rand(self, steps:int)->np.ndarray:
         "The next `steps` numbers of every stream, as a float32 array of shape (steps, streams)."
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0: raise ValueError(f'steps must be a whole number >= 0, got {steps!r}')
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f'steps must be a whole number >= 0, got {steps!r}')
         out = np.empty((steps, len(self.x)), dtype=np.float32)
         if steps: _step_streams(self.x, self.y, self.z, out)
         return out
 
     def rand_flat(self, n:int)->torch.Tensor:
         "`n` numbers as a 1-D float32 tensor, like `torch.rand(n)`: step t of all streams, then step t+1, and so on."
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0: raise ValueError(f'n must be a whole number >= 0, got {n!r}')
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f'n must be a whole number >= 0, got {n!r}')
         return torch.from_numpy(self.rand(-(-n // len(self))).reshape(-1)[:n])
 
     def __len__(self): return len(self.x)
@@ -126,10 +135,13 @@ def dieharder(streams:WichmannHillStreams, # the streams to test, read in `rand_
               test:int=0, # dieharder's test number (`dieharder -l` lists them; 0 is the birthdays test)
               steps:int=256, # steps of all streams per chunk handed to dieharder
              )->list:
-    "Run dieharder's `test` on the streams' output (24 bits per float32); a list of (p-value, assessment), one per line of its report."
+    ("Run dieharder's `test` on the streams' output (24 bits per float32); "
+     "a list of (p-value, assessment), one per line of its report.")
     exe = shutil.which('dieharder')
-    if exe is None: raise FileNotFoundError('the dieharder program is not installed (Debian/Ubuntu: apt-get install dieharder)')
-    proc = subprocess.Popen([exe, '-g', '200', '-d', str(test)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if exe is None: raise FileNotFoundError('the dieharder program is not installed '
+                                            '(Debian/Ubuntu: apt-get install dieharder)')
+    proc = subprocess.Popen([exe, '-g', '200', '-d', str(test)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None: proc.stdin.write(float_bits(streams.rand(steps)))
     except BrokenPipeError: pass   # dieharder has read all it needs and closed its end
@@ -137,5 +149,6 @@ def dieharder(streams:WichmannHillStreams, # the streams to test, read in `rand_
         try: proc.stdin.close()
         except BrokenPipeError: pass
     report = proc.stdout.read().decode(); proc.wait()
-    rows = [line.split('|') for line in report.splitlines() if line.count('|') == 5 and not line.lstrip().startswith(('#', 'test_name'))]
+    rows = [line.split('|') for line in report.splitlines()
+            if line.count('|') == 5 and not line.lstrip().startswith(('#', 'test_name'))]
     return [(float(r[4]), r[5].strip()) for r in rows]

@@ -22,12 +22,16 @@ def _as_image(im)->torch.Tensor:
     if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4): im = im.permute(1, 2, 0)
     if im.ndim == 3 and im.shape[-1] == 1: im = im[..., 0]
     if im.ndim == 2 or (im.ndim == 3 and im.shape[-1] in (3, 4)): return im
-    raise ValueError(f'an image must be rows x cols, channels x rows x cols, or a flat square vector; got shape {tuple(im.shape)}')
+    raise ValueError('an image must be rows x cols, channels x rows x cols, or a flat square vector; '
+                     f'got shape {tuple(im.shape)}')
 
 # %% ../nbs/01d_tensors.ipynb #56bc4c80
-def show_image(im, # a tensor, array, PIL image or list of lists: rows x cols, channels first or last, or flat and square
+def show_image(
+               # a tensor, array, PIL image or list of lists: rows x cols, channels first or last, or flat and square
+               im,
                ax:plt.Axes|None=None, # matplotlib axes to draw on (default: a new figure)
-               title:str|float|torch.Tensor|None=None, # title above the image (a string, a number or a one-element tensor)
+               # title above the image (a string, a number or a one-element tensor)
+               title:str|float|torch.Tensor|None=None,
                figsize:tuple[float, float]|None=None, # figure size in inches, when making a new figure
                cmap:str='gray', # colour map for single-channel images
                **kwargs, # passed on to `imshow` (e.g. `vmin`, `vmax`)
@@ -42,9 +46,11 @@ def show_image(im, # a tensor, array, PIL image or list of lists: rows x cols, c
 
 # %% ../nbs/01d_tensors.ipynb #99b488af
 def _positive(name, n):
-    "`n` as an int if it is a positive integer (not a bool), or None if it is None; otherwise a ValueError naming `name`."
+    ("`n` as an int if it is a positive integer (not a bool), or None if it is None; "
+     "otherwise a ValueError naming `name`.")
     if n is None: return None
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise ValueError(f'{name} must be a positive integer, got {n!r}')
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f'{name} must be a positive integer, got {n!r}')
     return int(n)
 
 # %% ../nbs/01d_tensors.ipynb #aff0980a
@@ -65,12 +71,14 @@ def subplots(nrows:int=1, # rows of axes
 
 # %% ../nbs/01d_tensors.ipynb #78a9eba5
 def _grid_shape(n, nrows=None, ncols=None):
-    "`(nrows, ncols)` of the smallest grid holding `n` axes with the rows or columns given (about square if neither is)."
+    ("`(nrows, ncols)` of the smallest grid holding `n` axes with the rows or columns given "
+     "(about square if neither is).")
     n, nrows, ncols = _positive('n', n), _positive('nrows', nrows), _positive('ncols', ncols)
     if nrows is None and ncols is None: nrows = math.isqrt(n)
     if ncols is None: ncols = math.ceil(n / nrows)
     if nrows is None: nrows = math.ceil(n / ncols)
-    if nrows * ncols < n: raise ValueError(f'a {nrows} x {ncols} grid holds {nrows * ncols} axes, fewer than the {n} asked for')
+    if nrows * ncols < n:
+        raise ValueError(f'a {nrows} x {ncols} grid holds {nrows * ncols} axes, fewer than the {n} asked for')
     return nrows, ncols
 
 # %% ../nbs/01d_tensors.ipynb #58b36222
@@ -101,7 +109,10 @@ def show_images(ims, # images, each anything `show_image` takes; or a stack of t
     "Draw `ims` in a grid, each without axes and with its title; returns the figure."
     ims = list(ims)
     if not ims: raise ValueError('show_images needs at least one image')
-    if titles is not None and len(titles) != len(ims): raise ValueError(f'show_images got {len(titles)} titles for {len(ims)} images; give one title per image')
+    if titles is not None and len(titles) != len(ims):
+        raise ValueError(f'show_images got {len(titles)} titles for {len(ims)} images; '
+                         'give one title per image')
     fig, axs = get_grid(len(ims), nrows, ncols, title=suptitle, imsize=imsize)
-    for i, (im, ax) in enumerate(zip(ims, axs.flat)): show_image(im, ax=ax, title=None if titles is None else titles[i], **kwargs)
+    for i, (im, ax) in enumerate(zip(ims, axs.flat)):
+        show_image(im, ax=ax, title=None if titles is None else titles[i], **kwargs)
     return fig

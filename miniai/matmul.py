@@ -16,14 +16,18 @@ from numba import cuda, njit
 def matmul_inputs(a, # the left matrix: a tensor, an array or a list of lists
                   b, # the right matrix
                  ):
-    "`a` and `b` as tensors, after checking that they are real-number matrices that can be multiplied (a's columns = b's rows)."
+    ("`a` and `b` as tensors, after checking that they are real-number matrices that can be multiplied "
+     "(a's columns = b's rows).")
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     for t in (a, b):
         if t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f'matmul needs matrices of real numbers; got {t.dtype} (for complex matrices use torch.matmul)')
-    if a.ndim != 2 or b.ndim != 2: raise ValueError(f'matmul needs two matrices (2-D); got shapes {tuple(a.shape)} and {tuple(b.shape)}')
+            raise TypeError(f'matmul needs matrices of real numbers; got {t.dtype} '
+                            '(for complex matrices use torch.matmul)')
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f'matmul needs two matrices (2-D); got shapes {tuple(a.shape)} and {tuple(b.shape)}')
     if a.shape[1] != b.shape[0]:
-        raise ValueError(f"can't multiply {tuple(a.shape)} by {tuple(b.shape)}: the first's columns ({a.shape[1]}) must equal the second's rows ({b.shape[0]})")
+        raise ValueError(f"can't multiply {tuple(a.shape)} by {tuple(b.shape)}: "
+                         f"the first's columns ({a.shape[1]}) must equal the second's rows ({b.shape[0]})")
     return a, b
 
 # %% ../nbs/01f_matmul.ipynb #78096dbf
@@ -47,7 +51,8 @@ def dot_numba(a, b):
 
 # %% ../nbs/01f_matmul.ipynb #0d63a339
 def _compute_dtype(dtype:torch.dtype)->torch.dtype:
-    "The type to compute in with NumPy and numba: float32 for the half-precision types they lack (as PyTorch's CPU matmul accumulates them)."
+    ("The type to compute in with NumPy and numba: float32 for the half-precision types they lack "
+     "(as PyTorch's CPU matmul accumulates them).")
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 # %% ../nbs/01f_matmul.ipynb #e9fe0206
@@ -154,20 +159,24 @@ def _cuda_block(threads_per_block)->tuple:
     except (TypeError, ValueError): rows = cols = None
     if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in (rows, cols)):
         raise ValueError(f'threads_per_block must be one or two positive integers, got {threads_per_block!r}')
-    if rows * cols > 1024: raise ValueError(f'a block of {rows} x {cols} = {rows * cols} threads is more than the 1024 an NVIDIA GPU runs in one block')
+    if rows * cols > 1024:
+        raise ValueError(f'a block of {rows} x {cols} = {rows * cols} threads is more than the 1024 '
+                         'an NVIDIA GPU runs in one block')
     return int(rows), int(cols)
 
 # %% ../nbs/01f_matmul.ipynb #22d5d01b
 def matmul_cuda(a, # the left matrix
                 b, # the right matrix
-                threads_per_block=(16, 16), # threads in a block: (rows, cols), or one number for a column of threads; at most 1024 in all
+                # threads in a block: (rows, cols), or one number for a column of threads; at most 1024 in all
+                threads_per_block=(16, 16),
                 simulate:bool=None, # True: numba's CUDA simulator; False: the GPU; None: the GPU if numba finds one
                ):
     "Matrix product by `matmul_cuda_kernel`: on the GPU if numba finds one, else in numba's CUDA simulator."
     a, b = matmul_inputs(a, b)
     block = _cuda_block(threads_per_block)
     if simulate is None: simulate = not cuda.is_available()
-    elif not simulate and not cuda.is_available(): raise RuntimeError('numba finds no CUDA GPU here: use simulate=True (or None) for the simulator')
+    elif not simulate and not cuda.is_available():
+        raise RuntimeError('numba finds no CUDA GPU here: use simulate=True (or None) for the simulator')
     target, kernel = _cuda_jit(bool(simulate))
     dtype = torch.result_type(a, b)
     an, bn = (np.ascontiguousarray(t.detach().cpu().to(_compute_dtype(dtype)).numpy()) for t in (a, b))

@@ -23,7 +23,8 @@ class Matrix:
                 ):
         self.rows = [list(r) for r in rows]
         lengths = {len(r) for r in self.rows}
-        if len(lengths) > 1: raise ValueError(f'rows of a Matrix must all have the same length; got lengths {sorted(lengths)}')
+        if len(lengths) > 1:
+            raise ValueError(f'rows of a Matrix must all have the same length; got lengths {sorted(lengths)}')
         self.shape = (len(self.rows), lengths.pop() if lengths else 0)
 
     def __getitem__(self, idxs):

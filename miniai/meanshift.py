@@ -33,7 +33,8 @@ def pairwise_distances(a, # points, shape [bs, d]
                       ):
     "Euclidean distance between every row of `a` and every row of `b`: shape [bs, n], by broadcasting."
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f'pairwise_distances needs [bs, d] and [n, d] tensors with the same d; got {tuple(a.shape)} and {tuple(b.shape)}')
+        raise ValueError('pairwise_distances needs [bs, d] and [n, d] tensors with the same d; '
+                         f'got {tuple(a.shape)} and {tuple(b.shape)}')
     return ((a[:, None] - b[None]) ** 2).sum(-1).sqrt()
 
 # %% ../nbs/02_meanshift.ipynb #d26dc054
@@ -41,7 +42,8 @@ def meanshift_step(X, # current positions of all points, [n, d]
                    bw:float=2.5, # Gaussian bandwidth, > 0
                    batch_size:int=500, # points moved per batch (bounds memory: batch_size x n x d)
                   ):
-    "One blurring mean-shift step for all points of `X`, `batch_size` at a time: each moves to the weighted mean of all of `X`."
+    ("One blurring mean-shift step for all points of `X`, `batch_size` at a time: "
+     "each moves to the weighted mean of all of `X`.")
     _check_bw(bw)
     if batch_size < 1: raise ValueError(f'batch_size must be at least 1, got {batch_size}')
     new = torch.empty_like(X)
@@ -56,7 +58,8 @@ def meanshift(data, # points to cluster, [n, d]
               batch_size:int=500, # points moved per batch
               device:str|torch.device|None=None, # where to compute (default: the GPU if there is one, else the CPU)
              ):
-    "Move every point of `data` `steps` times towards its neighbours' weighted mean (blurring mean shift); returns the final points on `data`'s device."
+    ("Move every point of `data` `steps` times towards its neighbours' weighted mean (blurring mean shift); "
+     "returns the final points on `data`'s device.")
     _check_bw(bw)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     X = data.to(device)

@@ -23,7 +23,8 @@ MNIST_SAMPLE_MD5 = '263569109c984ab556fd7d98425fb4f7'
 # %% ../nbs/01a_mnist.ipynb #d52bd9b2
 def mnist_path(folder:str|Path|None=None, # where to keep the full set (default: `data_dir()`)
               )->Path:
-    "Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, saying so in one line."
+    ("Path to MNIST as a gzipped pickle: the full set (downloaded once, verified), else the bundled sample, "
+     "saying so in one line.")
     folder = Path(folder) if folder else data_dir()
     full = folder/'mnist.pkl.gz'
     if test_size(): reason = 'this is a test-size run (MINIAI_FULL=1 for the full set)'
@@ -45,7 +46,8 @@ def mnist_path(folder:str|Path|None=None, # where to keep the full set (default:
 # %% ../nbs/01a_mnist.ipynb #25e07d65
 def _layout_problem(data)->str|None:
     "What keeps `data` from being MNIST's three (images, labels) pairs, or None."
-    if not (isinstance(data, (tuple, list)) and len(data) == 3 and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in data)):
+    if not (isinstance(data, (tuple, list)) and len(data) == 3
+            and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in data)):
         return 'it does not hold three (images, labels) pairs'
     for name, (x, y) in zip(('train', 'valid', 'test'), data):
         if getattr(x, 'shape', ())[1:] != (784,) or getattr(y, 'ndim', 0) != 1 or len(x) != len(y):

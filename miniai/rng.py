@@ -21,12 +21,16 @@ def _child_outcome(f)->bytes:
     try: result = f()
     except BaseException as e: return pickle.dumps((False, f'f() failed in the child process: {type(e).__name__}: {e}'))
     try: return pickle.dumps((True, result))
-    except Exception as e: return pickle.dumps((False, f"f() returned a {type(result).__name__} that can't be pickled to send back: {type(e).__name__}: {e}"))
+    except Exception as e:
+        return pickle.dumps((False, f"f() returned a {type(result).__name__} that can't be pickled "
+                                    f"to send back: {type(e).__name__}: {e}"))
 
 # %% ../nbs/01e_random.ipynb #c2c5d888
 def run_in_child(f):
     "Call `f()` in a child process made by `os.fork` and return its (picklable) result in the parent."
-    if not hasattr(os, 'fork'): raise OSError('os.fork is not available on this platform (Windows?): use Linux, macOS or WSL for the fork examples')
+    if not hasattr(os, 'fork'):
+        raise OSError('os.fork is not available on this platform (Windows?): '
+                      'use Linux, macOS or WSL for the fork examples')
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: whatever happens, it never returns from here
@@ -36,12 +40,14 @@ def run_in_child(f):
         finally: os._exit(0)
     os.close(write_end)
     try:
-        with os.fdopen(read_end, 'rb') as pipe: data = pipe.read()  # read to the end first: a child blocked on a full pipe never exits
+        # read to the end first: a child blocked on a full pipe never exits
+        with os.fdopen(read_end, 'rb') as pipe: data = pipe.read()
     except BaseException: os.kill(pid, signal.SIGKILL); raise  # interrupted: don't leave the child running
     finally: _, status = os.waitpid(pid, 0)
     if not data: raise RuntimeError(f'the child process {_child_status(status)} without sending a result')
     try: ok, result = pickle.loads(data)
-    except Exception as e: raise RuntimeError(f"the child's result could not be unpickled in the parent: {type(e).__name__}: {e}") from e
+    except Exception as e: raise RuntimeError("the child's result could not be unpickled in the parent: "
+                                              f"{type(e).__name__}: {e}") from e
     if not ok: raise RuntimeError(result)
     return result
 

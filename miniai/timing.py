@@ -21,7 +21,8 @@ def time_runs(f, # function to time, called with no arguments
               number:int=1, # calls per timed run; each run's time is divided by `number`
              )->list:
     "Seconds per call of `f()` in each of `repeats` timed runs, after `warmup` untimed calls."
-    if repeats < 1 or number < 1 or warmup < 0: raise ValueError(f'need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}')
+    if repeats < 1 or number < 1 or warmup < 0:
+        raise ValueError(f'need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}')
     for _ in range(warmup): f()
     times = []
     for _ in range(repeats):
@@ -50,7 +51,8 @@ def gflops(seconds:float, # time the product took
 def time_interleaved(fns:dict, # name -> function of no arguments
                      repeats:int=5, # timed rounds; each round calls every function once
                      warmup:int=1, # untimed rounds first
-                     shuffle:bool=True, # a new random order each timed round, so no function always follows the same one
+                     # a new random order each timed round, so no function always follows the same one
+                     shuffle:bool=True,
                     )->dict:
     "Median seconds per call of each function in `fns`, timed in interleaved rounds after `warmup` rounds."
     if repeats < 1 or warmup < 0: raise ValueError(f'need repeats >= 1 and warmup >= 0; got {repeats} and {warmup}')
@@ -74,9 +76,11 @@ def current_threads()->dict:
 class set_threads:
     "Use `n` threads in torch, numba and BLAS; restores all three on leaving a `with` block, or on `.restore()`."
     def __init__(self, n:int): # threads for each library (numba's is capped at its pool size, `NUMBA_NUM_THREADS`)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f'threads must be a whole number >= 1, got {n!r}')
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f'threads must be a whole number >= 1, got {n!r}')
         self.previous = current_threads()
-        self._blas = threadpool_limits(int(n), user_api='blas')  # first: its restore puts back every pool it saw, OpenMP too
+        # first: its restore puts back every pool it saw, OpenMP too
+        self._blas = threadpool_limits(int(n), user_api='blas')
         torch.set_num_threads(int(n))
         numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
 
@@ -123,6 +127,7 @@ def _llvm_target():
         return llvm.get_host_cpu_name(), {k for k, v in llvm.get_host_cpu_features().items() if v}
     except Exception: return None, set()
 
+# %% ../nbs/01g_timing.ipynb #7554b0f7
 def machine_info()->dict:
     "The processor, its vector registers and caches, read from this machine (None where it can't be read)."
     text = _read(_CPUINFO)
@@ -135,7 +140,8 @@ def machine_info()->dict:
     return {'cpu': _cpuinfo_field(text, 'model name') or platform.processor() or None,
             'arch': arch, 'llvm_cpu': llvm_cpu, 'logical_cpus': os.cpu_count(),
             'mhz': float(mhz) if mhz else None,
-            'features': sorted(f for f in features if re.fullmatch(r'avx\d*|avx512(f|bw|vl|dq)|fma|sse4\.2|neon|sve\d?|fp-armv8', f)),
+            'features': sorted(f for f in features
+                               if re.fullmatch(r'avx\d*|avx512(f|bw|vl|dq)|fma|sse4\.2|neon|sve\d?|fp-armv8', f)),
             'vector_bits': bits, 'vector_registers': (32 if bits == 512 else 16) if x86 else 32 if arm else None,
             'caches': _caches(_CACHES), 'load': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None}
 
@@ -149,7 +155,8 @@ def machine_summary(info:dict=None)->str:
                      for i in threadpool_info() if i['user_api'] == 'blas') or 'no BLAS found'
     mhz = f", {info['mhz']:.0f} MHz reported" if info.get('mhz') else ''
     load = f", load {info['load']:.1f}" if info.get('load') is not None else ''
-    lines = [f"cpu: {info['cpu'] or 'unknown'} ({info['arch']}, LLVM target {info['llvm_cpu'] or 'unknown'}), {info['logical_cpus']} logical CPUs{mhz}{load}"]
+    lines = [f"cpu: {info['cpu'] or 'unknown'} ({info['arch']}, "
+             f"LLVM target {info['llvm_cpu'] or 'unknown'}), {info['logical_cpus']} logical CPUs{mhz}{load}"]
     if info.get('vector_bits'):
         lines.append(f"vectors: {', '.join(info['features']) or 'none found'}: {info['vector_bits']}-bit registers "
                      f"({info['vector_bits'] // 32} float32s), {info['vector_registers']} of them")

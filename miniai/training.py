@@ -33,7 +33,8 @@ def log_softmax(x):
 def _check_targets(out, target, name):
     "Raise unless `target` holds one integer class per row of the 2-D `out`."
     if out.ndim != 2: raise ValueError(f'{name} needs predictions of shape [n, classes]; got {tuple(out.shape)}')
-    if target.ndim != 1: raise ValueError(f'{name} needs targets of shape [n] (one class per row); got {tuple(target.shape)}')
+    if target.ndim != 1:
+        raise ValueError(f'{name} needs targets of shape [n] (one class per row); got {tuple(target.shape)}')
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeError(f'{name} needs integer class targets; got {target.dtype}')
     if len(target) != len(out): raise ValueError(f'{name}: {len(out)} rows of predictions but {len(target)} targets')
@@ -73,7 +74,8 @@ class Optimizer:
         self.params, self.lr = list(params), lr
         if not self.params: raise ValueError('Optimizer got an empty parameter list')
     def step(self):
-        "Move each parameter against its gradient; parameters without a gradient (`.grad` is None) are skipped, as in torch."
+        ("Move each parameter against its gradient; "
+         "parameters without a gradient (`.grad` is None) are skipped, as in torch.")
         with torch.no_grad():
             for p in self.params:
                 if p.grad is not None: p -= p.grad * self.lr
@@ -126,7 +128,8 @@ class BatchSampler:
 
 # %% ../nbs/04_minibatch_training.ipynb #d48ca09b
 def collate(b):
-    "Turn a list of items into one batch as `default_collate` does: stack tensors, arrays and numbers; collate tuples and dicts field by field."
+    ("Turn a list of items into one batch as `default_collate` does: stack tensors, arrays and numbers; "
+     "collate tuples and dicts field by field.")
     if not len(b): raise ValueError('collate needs at least one item')
     elem = b[0]
     if isinstance(elem, torch.Tensor): return torch.stack(b)
@@ -140,7 +143,8 @@ def collate(b):
     if isinstance(elem, Mapping): return {k: collate([d[k] for d in b]) for k in elem}
     if isinstance(elem, tuple) and hasattr(elem, '_fields'): return type(elem)(*(collate(s) for s in zip(*b)))
     if isinstance(elem, Sequence):
-        if any(len(o) != len(elem) for o in b): raise RuntimeError('collate: each item in the batch should have the same number of fields')
+        if any(len(o) != len(elem) for o in b):
+            raise RuntimeError('collate: each item in the batch should have the same number of fields')
         return type(elem)(collate(s) for s in zip(*b)) if isinstance(elem, tuple) else [collate(s) for s in zip(*b)]
     raise TypeError(f'collate: cannot batch items of type {type(elem).__name__}')
 
@@ -148,7 +152,8 @@ def collate(b):
 def seed_worker(base_seed:int, # the loader's seed for this epoch
                 worker_id:int, # which worker, 0 .. n_workers-1
                ):
-    "Seed `random`, NumPy and torch in a worker from the loader's `base_seed` and the worker's id, as PyTorch's DataLoader does."
+    ("Seed `random`, NumPy and torch in a worker from the loader's `base_seed` and the worker's id, "
+     "as PyTorch's DataLoader does.")
     seed = base_seed + worker_id
     random.seed(seed)
     torch.manual_seed(seed)
@@ -158,7 +163,8 @@ def seed_worker(base_seed:int, # the loader's seed for this epoch
 def _fetch(ds, collate_fn, batch): return collate_fn([ds[i] for i in batch])
 
 def _worker_loop(ds, collate_fn, tasks, conn, worker_id, base_seed, parent_pid):
-    "A worker process: seed, then fetch and collate each batch of indices from `tasks`, sending each through `conn`, until `None`."
+    ("A worker process: seed, then fetch and collate each batch of indices from `tasks`, "
+     "sending each through `conn`, until `None`.")
     torch.set_num_threads(1)  # an OpenMP thread pool inherited through fork can deadlock
     seed_worker(base_seed, worker_id)
     while True:
@@ -175,6 +181,7 @@ def _worker_loop(ds, collate_fn, tasks, conn, worker_id, base_seed, parent_pid):
             except Exception: err = pickle.dumps((RuntimeError, text))
             conn.send((i, False, err))
 
+# %% ../nbs/04_minibatch_training.ipynb #2f8f41fb
 class DataLoader:
     "Batches of `ds` in the order of `batch_sampler`, made by `collate_fn`, fetched by `n_workers` processes if > 0."
     def __init__(self,
@@ -186,14 +193,16 @@ class DataLoader:
                  timeout:float=0, # seconds to wait for a batch from live workers before giving up (0: no limit)
                 ):
         if n_workers < 0: raise ValueError(f'n_workers must be 0 or more, got {n_workers}')
-        self.ds, self.batch_sampler, self.n_workers, self.collate_fn, self.timeout = ds, batch_sampler, n_workers, collate_fn, timeout
+        self.ds, self.batch_sampler, self.n_workers, self.collate_fn, self.timeout = (
+            ds, batch_sampler, n_workers, collate_fn, timeout)
         self.generator = torch.Generator()
         if seed is None: self.generator.seed()
         else: self.generator.manual_seed(seed)
     def __len__(self): return len(self.batch_sampler)
     def __iter__(self):
         if self.n_workers == 0: return (_fetch(self.ds, self.collate_fn, batch) for batch in self.batch_sampler)
-        base_seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()  # a new one each epoch, drawn as torch does
+        # a new one each epoch, drawn as torch does
+        base_seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
         return self._worker_batches(base_seed)
     def _worker_batches(self, base_seed):
         "Yield the batches in order, fetched by `n_workers` processes (two batches in flight per worker)."
@@ -203,7 +212,8 @@ class DataLoader:
             conn, child_conn = ctx.Pipe(duplex=False)   # one pipe per worker: its end closes when the worker dies
             p = ctx.Process(target=_worker_loop, daemon=True,
                             args=(self.ds, self.collate_fn, tasks[w], child_conn, w, base_seed, os.getpid()))
-            p.start(); child_conn.close()   # keep no copy of the writing end here, so a dead worker's pipe reads as closed
+            # keep no copy of the writing end here, so a dead worker's pipe reads as closed
+            p.start(); child_conn.close()
             conns.append(conn); workers.append(p)
         todo, done, in_flight, next_i = enumerate(self.batch_sampler), {}, 0, 0
         def send():
@@ -228,6 +238,7 @@ class DataLoader:
             for q in tasks: q.cancel_join_thread(); q.close()
             for conn in conns: conn.close()
 
+# %% ../nbs/04_minibatch_training.ipynb #bf04ad6f
 def _next_result(conns, workers, timeout):
     "The next `(i, ok, data)` from any worker's pipe in `conns`, checking every 0.1 s that every worker is still alive."
     start = time.monotonic()
@@ -239,7 +250,8 @@ def _next_result(conns, workers, timeout):
             if not p.is_alive():
                 raise RuntimeError(f'DataLoader worker {w} exited unexpectedly (exit code {p.exitcode}'
                                    f'{f", killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else ""})')
-        if timeout and time.monotonic() - start > timeout: raise RuntimeError(f'DataLoader timed out after {timeout} s waiting for a batch')
+        if timeout and time.monotonic() - start > timeout:
+            raise RuntimeError(f'DataLoader timed out after {timeout} s waiting for a batch')
 
 def _reraise(data):
     "Raise the exception a worker reported, as its own type where possible, with the worker's traceback."
@@ -257,7 +269,8 @@ def fit(epochs:int, # passes over the training data
         valid_dl, # validation batches `(xb, yb)`
         history:list=None, # if given, one dict per epoch is appended: train_loss, valid_loss, valid_acc
        ):
-    "Train `model` for `epochs`, printing the losses and validation accuracy after each; returns the last (valid_loss, valid_acc)."
+    ("Train `model` for `epochs`, printing the losses and validation accuracy after each; "
+     "returns the last (valid_loss, valid_acc).")
     valid_loss = valid_acc = math.nan   # what a fit with no epochs, or no validation data, measured
     for epoch in range(epochs):
         model.train()
@@ -278,10 +291,12 @@ def fit(epochs:int, # passes over the training data
                 tot_acc += accuracy(pred, yb).item() * len(xb)
         train_loss = train_loss / n_train if n_train else math.nan
         valid_loss, valid_acc = (tot_loss / count, tot_acc / count) if count else (math.nan, math.nan)
-        print(f'epoch {epoch}: train loss {train_loss:.4f}, valid loss {valid_loss:.4f}, valid accuracy {valid_acc:.4f}')
+        print(f'epoch {epoch}: train loss {train_loss:.4f}, valid loss {valid_loss:.4f}, '
+              f'valid accuracy {valid_acc:.4f}')
         if history is not None: history.append(dict(train_loss=train_loss, valid_loss=valid_loss, valid_acc=valid_acc))
     return valid_loss, valid_acc
 
+# %% ../nbs/04_minibatch_training.ipynb #43f51c5b
 def get_dls(train_ds, # training dataset
             valid_ds, # validation dataset
             bs:int, # training batch size (validation batches are twice as big)
