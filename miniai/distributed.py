@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from .accel import bf16_supported
+from .store import save_model
 from .tables import format_table
 from .learner import Callback, TrainCB, Learner
 from .metrics import MetricsCB, ProgressCB, Accuracy
@@ -101,6 +102,8 @@ def _raise_first(results, n_procs, timeout):
     if not errors: return
     _, rank, (_, exc, msg, tb, _) = errors[0]
     e = pickle.loads(exc) if exc is not None else RuntimeError(msg)
+    if isinstance(e, SystemExit):   # re-raised here, it would end the calling program (silently, for status 0)
+        e = RuntimeError(f'rank {rank} of {n_procs} called sys.exit({e.code!r}): a function run by launch must return or raise')
     if hasattr(e, 'add_note'): e.add_note(f'(raised in rank {rank} of {n_procs})')
     if type(e).__name__ in ('RuntimeError', 'DistBackendError') and re.search('timed out|collective operation timeout', msg, re.I):
         e = TimeoutError(f'rank {rank} of {n_procs} waited more than timeout={timeout} s for the other ranks: '
@@ -203,11 +206,11 @@ class AccelerateCB(TrainCB):
 
     def save(self,
              learn:Learner, # the learner whose model to save
-             path, # file to write (`torch.save`)
+             path, # file to write, atomically (lesson 14's `save_model`)
             ):
         "Save the unwrapped model's `state_dict` to `path` from the main process only, once every process has arrived here."
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process: torch.save(self.acc.unwrap_model(learn.model).state_dict(), path)
+        if self.acc.is_main_process: save_model(self.acc.unwrap_model(learn.model), path)
 
 # %% ../nbs/15_distributed.ipynb #b47a79dc
 def _epoch(dls):

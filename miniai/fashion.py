@@ -7,7 +7,7 @@ __all__ = ['IDX_TYPES', 'FASHION_CLASSES', 'FASHION_URLS', 'FASHION_FILES', 'FAS
            'read_idx_py', 'read_idx', 'read_idx_pair', 'write_fashion_sample', 'fashion_paths', 'load_fashion']
 
 # %% ../nbs/05a_fashion.ipynb #2d53dd50
-import gzip, hashlib, struct, zlib
+import gzip, hashlib, struct, zipfile, zlib
 from importlib.resources import files
 from math import prod
 from pathlib import Path
@@ -193,7 +193,7 @@ def _check_cache(path:Path)->tuple|None:
     "The splits stored in the cache at `path`, if it can be read and matches the official MD5s, else None."
     try:
         with np.load(path) as d: arrays = {k: d[k] for k in d.files}
-    except (OSError, ValueError, EOFError, KeyError, zlib.error) as e: return None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile): return None   # cut short, damaged
     for split in _SPLITS:
         for kind, key in (('images', 'x'), ('labels', 'y')):
             a = arrays.get(f'{key}_{split}')

@@ -4,6 +4,7 @@ Every test runs under a time limit (SIGALRM), so a hung process group fails the 
 import os, signal, subprocess, sys, textwrap, time
 from contextlib import contextmanager, redirect_stdout
 from functools import partial
+from pathlib import Path
 import io
 import pytest, torch
 import torch._dynamo   # imported here once: the first optimiser imports it, and each forked rank would import it again
@@ -126,3 +127,31 @@ def test_accelerate_launch_cpu_starts_one_process_and_is_refused(tmp_path):
                         '--dynamo_backend', 'no', str(tmp_path/'train.py')], capture_output=True, text=True, timeout=50, env=env, cwd=tmp_path)
     assert r.returncode != 0
     assert 'asked for 2 processes, but this one is in a world of 1' in r.stderr, r.stderr[-2000:]
+
+@pytest.mark.parametrize('code', [0, 3, 'bye'])
+def test_sys_exit_in_a_rank_is_an_error_not_the_end_of_the_caller(code):
+    "sys.exit in a process of `launch` used to be re-raised as SystemExit: the calling program ended, silently with status 0."
+    def leaves(): sys.exit(code)
+    with pytest.raises(RuntimeError, match=rf'rank 0 of 1 called sys.exit\({code!r}\)'): launch(leaves, n_procs=1)
+
+def test_accelerate_save_never_leaves_half_a_file(tmp_path, monkeypatch):
+    "AccelerateCB.save that dies while writing keeps the last good checkpoint (it used to torch.save in place)."
+    from types import SimpleNamespace
+    from miniai.distributed import AccelerateCB
+    from miniai.store import load_model
+    cb, model = AccelerateCB(), simple_cnn()
+    cb.acc = SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True, unwrap_model=lambda m: m)
+    learn, path = SimpleNamespace(model=model), tmp_path/'model.pt'
+    cb.save(learn, path)
+    good = path.read_bytes()
+    real_save = torch.save
+    def dies_halfway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if hasattr(f, 'truncate'): f.truncate(100)
+        else: Path(f).write_bytes(Path(f).read_bytes()[:100])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', dies_halfway)
+    with pytest.raises(KeyboardInterrupt): cb.save(SimpleNamespace(model=simple_cnn()), path)
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ['model.pt']
+    monkeypatch.setattr(torch, 'save', real_save)
+    load_model(simple_cnn(), path)

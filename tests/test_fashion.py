@@ -215,3 +215,17 @@ def test_test_size_run_takes_the_sample_over_a_full_copy_and_its_cache(tiny, cap
     assert (len(x), len(xv)) == (3000, 1000) and 'because this is a test-size run' in source(capsys)
     monkeypatch.setenv('MINIAI_FULL', '1')
     check_tiny(load_fashion(tiny['data'], tiny['system']))
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'empty'])
+def test_damaged_cache_is_rebuilt(tiny, capsys, monkeypatch, damage):
+    "A cache cut short or with a flipped byte is passed over and written again, on this call and every later one."
+    monkeypatch.setenv('MINIAI_OFFLINE', '1')
+    put(tiny['data'], tiny)
+    check_tiny(load_fashion(tiny['data'], tiny['system']))
+    cache = tiny['data']/'fashion-mnist.npz'
+    good = cache.read_bytes()
+    bad = {'truncate': good[:len(good) // 2], 'flip': good[:100] + bytes([good[100] ^ 0xFF]) + good[101:], 'empty': b''}[damage]
+    cache.write_bytes(bad)
+    check_tiny(load_fashion(tiny['data'], tiny['system']))
+    check_tiny(load_fashion(tiny['data'], tiny['system']))
+    assert 'decoded earlier' in source(capsys).splitlines()[-1]   # the cache was written again, and used
