@@ -20,7 +20,8 @@ _BF16_FLAGS = {'avx512_bf16', 'amx_bf16', 'bf16'}   # x86 AVX-512 BF16 and AMX t
 
 def cpu_flags(path:str|Path='/proc/cpuinfo', # where Linux lists the processor's features
              )->set:
-    "The processor's feature flags (`flags` on x86, `Features` on Arm) from `/proc/cpuinfo`; an empty set where it can't be read."
+    ("The processor's feature flags (`flags` on x86, `Features` on Arm) from `/proc/cpuinfo`; an empty set "
+     "where it can't be read.")
     try: text = Path(path).read_text()
     except (OSError, UnicodeDecodeError): return set()
     m = re.search(r'^(?:flags|Features)\s*:\s*(.*)$', text, re.M)
@@ -29,7 +30,8 @@ def cpu_flags(path:str|Path='/proc/cpuinfo', # where Linux lists the processor's
 def bf16_supported(device:str|torch.device='cpu', # the device that would run the model
                    flags:set|None=None, # the CPU's flags (default: `cpu_flags()`)
                   )->bool:
-    "Whether `device` multiplies bfloat16 natively: `avx512_bf16`/`amx_bf16` (x86) or `bf16` (Arm) on a CPU, `torch.cuda.is_bf16_supported()` on CUDA."
+    ("Whether `device` multiplies bfloat16 natively: `avx512_bf16`/`amx_bf16` (x86) or `bf16` (Arm) on a "
+     "CPU, `torch.cuda.is_bf16_supported()` on CUDA.")
     device = torch.device(device)
     if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != 'cpu': return False
@@ -38,7 +40,8 @@ def bf16_supported(device:str|torch.device='cpu', # the device that would run th
 
 # %% ../nbs/13b_speed.ipynb #b80ba8bb
 class MixedPrecisionCB(Callback):
-    "Runs the model's forward pass under bfloat16 autocast where the device does bfloat16 natively (else float32, saying so); the output comes back as float32."
+    ("Runs the model's forward pass under bfloat16 autocast where the device does bfloat16 natively (else "
+     "float32, saying so); the output comes back as float32.")
     order = DeviceCB.order + 1
     def __init__(self,
                  force:bool=False, # use bfloat16 even where it isn't native (emulated: usually slower)
@@ -55,34 +58,42 @@ class MixedPrecisionCB(Callback):
         def autocast_forward(*args, **kwargs):
             with torch.autocast(device.type, dtype=torch.bfloat16): out = forward(*args, **kwargs)
             return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
-        model.forward = autocast_forward   # an instance attribute: nn.Module.__call__ finds it before the class's forward
+        # an instance attribute: nn.Module.__call__ finds it before the class's forward
+        model.forward = autocast_forward
     def cleanup_fit(self, learn):
         if 'forward' in vars(learn.model): del learn.model.forward
 
 # %% ../nbs/13b_speed.ipynb #8f1591d4
 class ChannelsLastCB(Callback):
-    "Stores the model's 4-D weights and each batch's 4-D tensors in channels-last order (`[N, H, W, C]` in memory) during a fit; the weights go back afterwards."
+    ("Stores the model's 4-D weights and each batch's 4-D tensors in channels-last order (`[N, H, W, C]` in "
+     "memory) during a fit; the weights go back afterwards.")
     order = DeviceCB.order + 1
     def before_fit(self, learn): learn.model.to(memory_format=torch.channels_last)
     def before_batch(self, learn):
-        learn.batch = type(learn.batch)(b.contiguous(memory_format=torch.channels_last) if isinstance(b, torch.Tensor) and b.ndim == 4 else b
+        learn.batch = type(learn.batch)(b.contiguous(memory_format=torch.channels_last)
+                                        if isinstance(b, torch.Tensor) and b.ndim == 4 else b
                                         for b in learn.batch)
     def cleanup_fit(self, learn): learn.model.to(memory_format=torch.contiguous_format)
 
 # %% ../nbs/13b_speed.ipynb #2964dccb
 class CompileCB(Callback):
-    "Trains with `torch.compile(model, **kwargs)` (compiled once, on the first fit's first batch); `learn.model` is the original again after each fit."
+    ("Trains with `torch.compile(model, **kwargs)` (compiled once, on the first fit's first batch); "
+     "`learn.model` is the original again after each fit.")
     order = DeviceCB.order + 2   # after the device, the layout and autocast are set
-    def __init__(self, **kwargs): self.kwargs, self.compiled, self.model = kwargs, None, None   # passed to `torch.compile`
+    def __init__(self,
+                 **kwargs, # passed to `torch.compile`
+                ): self.kwargs, self.compiled, self.model = kwargs, None, None
     def before_fit(self, learn):
-        if self.compiled is None or self.model is not learn.model: self.model, self.compiled = learn.model, torch.compile(learn.model, **self.kwargs)
+        if self.compiled is None or self.model is not learn.model:
+            self.model, self.compiled = learn.model, torch.compile(learn.model, **self.kwargs)
         learn.model = self.compiled
     def cleanup_fit(self, learn): learn.model = self.model
 
 # %% ../nbs/13b_speed.ipynb #5cb447a8
 def _variants(compile:bool):
     "Name -> callbacks for each way of training that `train_speed` compares."
-    v = {'float32': [], 'channels_last': [ChannelsLastCB()], 'bfloat16 autocast (forced)': [MixedPrecisionCB(force=True)]}
+    v = {'float32': [], 'channels_last': [ChannelsLastCB()],
+         'bfloat16 autocast (forced)': [MixedPrecisionCB(force=True)]}
     if compile: v['torch.compile'] = [CompileCB()]
     return v
 
@@ -92,20 +103,22 @@ def train_speed(batch_size:int=128, # images per training batch
                 compile:bool=False, # include `torch.compile` (its first call compiles, which can take minutes)
                 model_fn=None, # makes the model (default: lesson 13's `ResNet()`)
                )->dict:
-    "Images per second of training steps for each variant (float32, channels-last, forced bfloat16 autocast, optionally compiled), timed in interleaved rounds."
+    ("Images per second of training steps for each variant (float32, channels-last, forced bfloat16 "
+     "autocast, optionally compiled), timed in interleaved rounds.")
     from miniai.timing import time_interleaved   # numba comes with it; training doesn't need it
     from miniai.resnet import ResNet
     model_fn = model_fn or ResNet
     results, fns = {}, {}
     for name, cbs in _variants(compile).items():
         torch.manual_seed(0)
-        learn = TrainLearner(model_fn(), _random_dls(batch_size, n_batches), F.cross_entropy, lr=1e-3, cbs=[DeviceCB('cpu'), *cbs],
-                             opt_func=torch.optim.AdamW)
+        learn = TrainLearner(model_fn(), _random_dls(batch_size, n_batches), F.cross_entropy, lr=1e-3,
+                             cbs=[DeviceCB('cpu'), *cbs], opt_func=torch.optim.AdamW)
         try:
             start = time.perf_counter(); learn.fit(1, valid=False)   # warm-up (and compile), timed once
             results[name] = {'first_call': time.perf_counter() - start}
             fns[name] = partial(learn.fit, 1, valid=False)
-        except Exception as e: results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""}'}
+        except Exception as e:
+            results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""}'}
     times = time_interleaved(fns, repeats=repeats, warmup=0)
     for name, t in times.items(): results[name]['images_per_s'] = batch_size * n_batches / t
     return results
@@ -113,7 +126,8 @@ def train_speed(batch_size:int=128, # images per training batch
 def _random_dls(batch_size, n_batches):
     "DataLoaders of `n_batches` fixed random batches of 28x28 images (training), none for validation."
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(batch_size, 1, 28, 28, generator=g), torch.randint(0, 10, (batch_size,), generator=g)) for _ in range(n_batches)]
+    batches = [(torch.randn(batch_size, 1, 28, 28, generator=g),
+                torch.randint(0, 10, (batch_size,), generator=g)) for _ in range(n_batches)]
     return DataLoaders(batches, [])
 
 # %% ../nbs/13b_speed.ipynb #abd877f6
@@ -126,10 +140,11 @@ def train_speed_table(batch_size:int=128, # images per training batch
     "`train_speed` as a printable table: images per second of each variant and its speed relative to float32."
     r = results if results is not None else train_speed(batch_size, n_batches, repeats, compile)
     base = r['float32']['images_per_s']
-    rows = [(name, f"{v['images_per_s']:.0f}", f"{v['images_per_s'] / base:.2f}", f"{v['first_call']:.1f}") if 'error' not in v
-            else (name, '-', '-', v['error']) for name, v in r.items()]
-    title = (f"ResNet training speed (lesson 13's ResNet, batch {batch_size}, {n_batches} batches per call, median of {repeats}, "
-             f"threads: {torch.get_num_threads()}, native bfloat16: {bf16_supported('cpu')})")
+    rows = [(name, f"{v['images_per_s']:.0f}", f"{v['images_per_s'] / base:.2f}", f"{v['first_call']:.1f}")
+            if 'error' not in v else (name, '-', '-', v['error']) for name, v in r.items()]
+    title = (f"ResNet training speed (lesson 13's ResNet, batch {batch_size}, {n_batches} batches per call, "
+             f"median of {repeats}, threads: {torch.get_num_threads()}, "
+             f"native bfloat16: {bf16_supported('cpu')})")
     header = ('variant', 'images/s', 'vs float32', 'first call, s')
     widths = [max(len(x[i]) for x in [header, *rows]) for i in range(4)]
     line = lambda x: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))

@@ -17,7 +17,8 @@ def conv_out_size(n:int, # input length along one dimension (height or width)
                   padding:int=0, # zeros added at each end
                  ) -> int:
     "Positions a kernel of size `ks` takes along a dimension of length `n`: (n + 2*padding - ks) // stride + 1."
-    if ks < 1 or stride < 1 or padding < 0: raise ValueError(f'need ks >= 1, stride >= 1, padding >= 0; got {ks}, {stride}, {padding}')
+    if ks < 1 or stride < 1 or padding < 0:
+        raise ValueError(f'need ks >= 1, stride >= 1, padding >= 0; got {ks}, {stride}, {padding}')
     if n + 2 * padding < ks: raise ValueError(f'kernel of size {ks} does not fit in {n} + 2*{padding} padding')
     return (n + 2 * padding - ks) // stride + 1
 
@@ -33,7 +34,8 @@ def im2col(x:torch.Tensor, # images, [batch, channels, height, width]
     oh, ow = conv_out_size(x.shape[2], kh, stride, padding), conv_out_size(x.shape[3], kw, stride, padding)
     xp = F.pad(x, (padding,) * 4)
     # the pixel at offset (i, j) of every patch: one strided slice per offset
-    cols = [xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] for i in range(kh) for j in range(kw)]
+    cols = [xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            for i in range(kh) for j in range(kw)]
     return torch.stack(cols, 2).reshape(x.shape[0], x.shape[1] * kh * kw, oh * ow)
 
 # %% ../nbs/07_convolutions.ipynb #3f970dd7
@@ -44,9 +46,11 @@ def conv2d_im2col(x:torch.Tensor, # images, [batch, channels_in, height, width]
                   padding:int=0, # zeros added on every side
                  ) -> torch.Tensor:
     "2-D convolution as one matrix product of the flattened kernels with `im2col`'s patches; same result as `F.conv2d`."
-    if x.ndim != 4 or weight.ndim != 4: raise ValueError(f'x and weight must be 4-D; got shapes {tuple(x.shape)} and {tuple(weight.shape)}')
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f'x and weight must be 4-D; got shapes {tuple(x.shape)} and {tuple(weight.shape)}')
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f'x has {x.shape[1]} channels but weight expects {weight.shape[1]} (weight is [out, in, kh, kw])')
+        raise ValueError(f'x has {x.shape[1]} channels but weight expects {weight.shape[1]} '
+                         '(weight is [out, in, kh, kw])')
     kh, kw = weight.shape[2:]
     oh, ow = conv_out_size(x.shape[2], kh, stride, padding), conv_out_size(x.shape[3], kw, stride, padding)
     out = weight.reshape(weight.shape[0], -1) @ im2col(x, (kh, kw), stride, padding)
@@ -58,7 +62,8 @@ def receptive_field(kernel_sizes, # kernel size of each layer, first layer first
                     strides, # stride of each layer
                    ) -> int:
     "Width of the input patch that one output unit of a stack of convolutions depends on."
-    if len(kernel_sizes) != len(strides): raise ValueError(f'{len(kernel_sizes)} kernel sizes but {len(strides)} strides')
+    if len(kernel_sizes) != len(strides):
+        raise ValueError(f'{len(kernel_sizes)} kernel sizes but {len(strides)} strides')
     size, jump = 1, 1
     for ks, s in zip(kernel_sizes, strides): size, jump = size + (ks - 1) * jump, jump * s
     return size
@@ -81,6 +86,7 @@ def conv(ni:int, # input channels
 def simple_cnn(n_out:int=10, # classes: channels of the last layer
                norm:bool=False, # batch normalisation in every block but the last
               ) -> nn.Sequential:
-    "The CNN of lessons 07-09 for 28x28 one-channel images: five stride-2 `conv` blocks, 28x28 -> 1x1, about 30k parameters."
+    ("The CNN of lessons 07-09 for 28x28 one-channel images: five stride-2 `conv` blocks, 28x28 -> 1x1, "
+     "about 30k parameters.")
     layers = [conv(ni, nf, ks=5 if ni == 1 else 3, norm=norm) for ni, nf in [(1, 8), (8, 16), (16, 32), (32, 64)]]
     return nn.Sequential(*layers, conv(64, n_out, act=False), nn.Flatten())

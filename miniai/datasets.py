@@ -151,7 +151,8 @@ def fashion_dls(batch_size:int=512, # training batch size (validation batches ar
                 verbose:bool=True, # print where the data came from
                 **kwargs
                ):
-    "Fashion-MNIST `DataLoaders` of `(images, labels)`: images `[batch, 1, 28, 28]` normalised by the training set's mean and std; other keyword arguments go to `DataLoaders.from_dd` (e.g. `num_workers`)."
+    ("Fashion-MNIST `DataLoaders` of `(images, labels)`: images `[batch, 1, 28, 28]` normalised by the "
+     "training set's mean and std; other keyword arguments go to `DataLoaders.from_dd` (e.g. `num_workers`).")
     dd = fashion_dd(verbose=verbose)
     if n_train is not None: dd['train'] = DictDataset({k: v[:n_train] for k, v in dd['train'].columns.items()})
     x = dd['train'].columns['image'].float() / 255

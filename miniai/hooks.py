@@ -15,7 +15,8 @@ from .learner import Callback
 
 # %% ../nbs/10_activations.ipynb #81d3076e
 class Hook:
-    "Call `f(hook, module, input, output)` after every forward pass of `m`, until `remove` or the end of a `with` block."
+    ("Call `f(hook, module, input, output)` after every forward pass of `m`, until `remove` or the end of a "
+     "`with` block.")
     def __init__(self,
                  m:nn.Module, # the module to watch
                  f, # called as `f(hook, module, input, output)`; can store results on `hook`
@@ -38,7 +39,8 @@ class Hooks(list):
         super().__init__()
         try:
             for m in ms:
-                if not isinstance(m, nn.Module): raise TypeError(f'Hooks can only watch nn.Module objects, got a {type(m).__name__}')
+                if not isinstance(m, nn.Module):
+                    raise TypeError(f'Hooks can only watch nn.Module objects, got a {type(m).__name__}')
                 self.append(Hook(m, f))
         except BaseException: self.remove(); raise
     def remove(self):
@@ -52,7 +54,8 @@ class Hooks(list):
 
 # %% ../nbs/10_activations.ipynb #5a6dcc88
 def _select(model:nn.Module, mods)->list:
-    "The modules of `model` to hook: its children (`None`), instances of a class or tuple of classes, those a predicate accepts, or a list."
+    ("The modules of `model` to hook: its children (`None`), instances of a class or tuple of classes, "
+     "those a predicate accepts, or a list.")
     if mods is None: return list(model.children())
     if isinstance(mods, type) or (isinstance(mods, tuple) and all(isinstance(t, type) for t in mods)):
         return [m for m in model.modules() if isinstance(m, mods)]
@@ -60,13 +63,16 @@ def _select(model:nn.Module, mods)->list:
     return list(mods)
 
 class HooksCallback(Callback):
-    "Hooks calling `hookfunc` on chosen modules, attached for the length of each fit and removed when it ends, however it ends."
-    def __init__(self,
-                 hookfunc, # called as `hookfunc(hook, module, input, output)`
-                 mods:type|tuple|Callable|list|None=None, # which modules: None for the model's children, a class (or tuple) for its instances, a predicate, or a list
-                 on_train:bool=True, # call `hookfunc` during training passes
-                 on_valid:bool=False, # call `hookfunc` during validation passes
-                ):
+    ("Hooks calling `hookfunc` on chosen modules, attached for the length of each fit and removed when it "
+     "ends, however it ends.")
+    def __init__(
+        self,
+        hookfunc, # called as `hookfunc(hook, module, input, output)`
+        # which modules: None for the model's children, a class (or tuple) for its instances, a predicate, or a list
+        mods:type|tuple|Callable|list|None=None,
+        on_train:bool=True, # call `hookfunc` during training passes
+        on_valid:bool=False, # call `hookfunc` during validation passes
+    ):
         self.hookfunc, self.mods, self.on_train, self.on_valid = hookfunc, mods, on_train, on_valid
         self.hooks = Hooks([], hookfunc)   # none until a fit starts
     def before_fit(self, learn):
@@ -117,7 +123,8 @@ class ActivationStats(HooksCallback):
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for i, h in enumerate(self):
             for ax, name in zip(axs, ('mean', 'std')): ax.plot(h.stats[name], label=f'layer {i}')
-        for ax, name in zip(axs, ('means', 'standard deviations')): ax.set_title(f'activation {name}'); ax.set_xlabel('batch')
+        for ax, name in zip(axs, ('means', 'standard deviations')):
+            ax.set_title(f'activation {name}'); ax.set_xlabel('batch')
         axs[1].legend(fontsize='small')
         return fig
     def color_dim(self, figsize=(11, 2.5)):

@@ -16,8 +16,11 @@ from .hooks import Hook
 
 # %% ../nbs/11_initializing.ipynb #9e68326c
 def fan_in_out(w:torch.Tensor)->tuple:
-    "`(fan_in, fan_out)` of a `Linear` or convolution weight `[out, in, *kernel]`: inputs summed per output, outputs fed per input."
-    if w.dim() < 2: raise ValueError(f'fan-in needs a weight with at least 2 dimensions [out, in, ...], got shape {tuple(w.shape)}')
+    ("`(fan_in, fan_out)` of a `Linear` or convolution weight `[out, in, *kernel]`: inputs summed per "
+     "output, outputs fed per input.")
+    if w.dim() < 2:
+        raise ValueError('fan-in needs a weight with at least 2 dimensions [out, in, ...], '
+                         f'got shape {tuple(w.shape)}')
     receptive = math.prod(w.shape[2:])
     return w.shape[1] * receptive, w.shape[0] * receptive
 
@@ -29,7 +32,8 @@ def glorot_normal_(w:torch.Tensor)->torch.Tensor:
 def kaiming_normal_(w:torch.Tensor, # weight `[out, in, *kernel]` to fill in place
                     leak:float=0., # slope of the (leaky) ReLU that follows, for negative inputs
                    )->torch.Tensor:
-    "Fill `w` in place from a normal distribution with variance `2 / ((1 + leak**2) * fan_in)` (Kaiming/He); returns it."
+    ("Fill `w` in place from a normal distribution with variance `2 / ((1 + leak**2) * fan_in)` "
+     "(Kaiming/He); returns it.")
     fan_in, _ = fan_in_out(w)
     with torch.no_grad(): return w.normal_(0, math.sqrt(2 / ((1 + leak**2) * fan_in)))
 
@@ -37,14 +41,16 @@ def kaiming_normal_(w:torch.Tensor, # weight `[out, in, *kernel]` to fill in pla
 def init_weights(m:nn.Module, # a module: convolutions and `Linear` layers are initialised, others left alone
                  leak:float=0., # slope of the leaky ReLU that follows, for negative inputs
                 ):
-    "Kaiming-normal weights and zero biases for `Conv1d/2d/3d` and `Linear` modules; use as `model.apply(partial(init_weights, leak=...))`."
+    ("Kaiming-normal weights and zero biases for `Conv1d/2d/3d` and `Linear` modules; use as "
+     "`model.apply(partial(init_weights, leak=...))`.")
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
         kaiming_normal_(m.weight, leak)
         if m.bias is not None: nn.init.zeros_(m.bias)
 
 # %% ../nbs/11_initializing.ipynb #0e4eaf93
 class GeneralRelu(nn.Module):
-    "A ReLU with options: slope `leak` for negative inputs, `sub` subtracted from the output, the output clamped at `maxv`."
+    ("A ReLU with options: slope `leak` for negative inputs, `sub` subtracted from the output, the output "
+     "clamped at `maxv`.")
     def __init__(self,
                  leak:float=None, # slope for negative inputs (None: a plain ReLU)
                  sub:float=None, # subtracted from the output, to bring its mean towards 0
@@ -80,9 +86,11 @@ def cnn_model(act=nn.ReLU, # makes each block's activation module
               norm:Callable|None=None, # makes each block's normalisation module, or None
               n_out:int=10, # outputs (classes)
              )->nn.Sequential:
-    "Lesson 07's CNN for 28x28 one-channel images, with the activation and normalisation as parameters: `conv_block`s down to 1x1, then `Flatten`."
+    ("Lesson 07's CNN for 28x28 one-channel images, with the activation and normalisation as parameters: "
+     "`conv_block`s down to 1x1, then `Flatten`.")
     chans = (1, *nfs)
-    blocks = [conv_block(ni, nf, ks=5 if i == 0 else 3, act=act, norm=norm) for i, (ni, nf) in enumerate(zip(chans, chans[1:]))]
+    blocks = [conv_block(ni, nf, ks=5 if i == 0 else 3, act=act, norm=norm)
+              for i, (ni, nf) in enumerate(zip(chans, chans[1:]))]
     return nn.Sequential(*blocks, conv_block(nfs[-1], n_out, act=None, bias=True), nn.Flatten())
 
 # %% ../nbs/11_initializing.ipynb #37c03084
@@ -95,9 +103,12 @@ def lsuv_init(model:nn.Module, # the model to initialise, in place
               tol:float=1e-3, # stop when the mean is within `tol` of 0 and the std within `tol` of 1
               max_iters:int=50, # give up on a layer after this many passes
              )->list:
-    "Shift each layer's bias and scale its weight until the matching output has mean 0 and std 1 on `xb` (warns if not); returns the final (mean, std) per layer."
+    ("Shift each layer's bias and scale its weight until the matching output has mean 0 and std 1 on `xb` "
+     "(warns if not); returns the final (mean, std) per layer.")
     layers, outputs = list(layers), list(outputs)
-    if len(layers) != len(outputs): raise ValueError(f'lsuv_init needs one output module per layer: got {len(layers)} layers and {len(outputs)} outputs')
+    if len(layers) != len(outputs):
+        raise ValueError('lsuv_init needs one output module per layer: '
+                         f'got {len(layers)} layers and {len(outputs)} outputs')
     results = []
     with torch.no_grad():
         for layer, out in zip(layers, outputs):
@@ -106,11 +117,15 @@ def lsuv_init(model:nn.Module, # the model to initialise, in place
                     model(xb)
                     mean_ok = layer.bias is None or abs(h.mean) < tol
                     if mean_ok and abs(h.std - 1) < tol: break
-                    if not h.std > 0: raise ValueError(f'lsuv_init: the output of {type(out).__name__} after {type(layer).__name__} is constant (std {h.std}); '
-                                                       'a plain ReLU cannot reach mean 0 with std 1: shift it (GeneralRelu(sub=...)) or drop its bias')
+                    if not h.std > 0:
+                        raise ValueError(f'lsuv_init: the output of {type(out).__name__} '
+                                         f'after {type(layer).__name__} is constant (std {h.std}); '
+                                         'a plain ReLU cannot reach mean 0 with std 1: '
+                                         'shift it (GeneralRelu(sub=...)) or drop its bias')
                     if layer.bias is not None: layer.bias -= h.mean
                     layer.weight /= h.std
-                else: warnings.warn(f'lsuv_init: {type(layer).__name__} not converged after {max_iters} passes (mean {h.mean:.3g}, std {h.std:.3g})', stacklevel=2)
+                else: warnings.warn(f'lsuv_init: {type(layer).__name__} not converged after {max_iters} '
+                                    f'passes (mean {h.mean:.3g}, std {h.std:.3g})', stacklevel=2)
                 model(xb)
             results.append((h.mean, h.std))
     return results

@@ -19,7 +19,8 @@ from .device import to_device, def_device
 
 # %% ../nbs/09_learner.ipynb #8b8edbe6
 class Callback:
-    "Base class for callbacks: methods named after events (`before_fit`, `after_batch`, ...) get the learner; lower `order` runs first."
+    ("Base class for callbacks: methods named after events (`before_fit`, `after_batch`, ...) get the "
+     "learner; lower `order` runs first.")
     order = 0
     def __repr__(self): return type(self).__name__
 
@@ -44,7 +45,8 @@ class CancelBatchException(Exception):
 _cancels = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
 
 def with_cbs(nm:str):
-    "Decorator for a learner method: `before_{nm}` callbacks, the method, `after_{nm}`; `Cancel{Nm}Exception` ends it quietly; `cleanup_{nm}` always runs."
+    ("Decorator for a learner method: `before_{nm}` callbacks, the method, `after_{nm}`; "
+     "`Cancel{Nm}Exception` ends it quietly; `cleanup_{nm}` always runs.")
     if nm not in _cancels: raise ValueError(f'unknown stage {nm!r}: use one of {list(_cancels)}')
     def decorator(f):
         @wraps(f)
@@ -62,7 +64,8 @@ def with_cbs(nm:str):
 _steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
 
 class Learner:
-    "Trains `model` on `dls` (`.train`, `.valid`) with `loss_func`; the callbacks `cbs` do the rest, the training step included."
+    ("Trains `model` on `dls` (`.train`, `.valid`) with `loss_func`; the callbacks `cbs` do the rest, the "
+     "training step included.")
     def __init__(self,
                  model:nn.Module, # the model to train
                  dls, # data loaders: anything with `.train` and `.valid`, each an iterable of batches
@@ -134,7 +137,8 @@ class Learner:
 
 # %% ../nbs/09_learner.ipynb #01176d0a
 class TrainCB(Callback):
-    "The training step as a callback: predict from `batch[:n_inp]`, loss against the rest, backward, step, zero the gradients."
+    ("The training step as a callback: predict from `batch[:n_inp]`, loss against the rest, backward, step, "
+     "zero the gradients.")
     def __init__(self, n_inp:int=1): self.n_inp = n_inp # how many leading items of a batch are the model's inputs
     def predict(self, learn): learn.preds = learn.model(*learn.batch[:self.n_inp])
     def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
@@ -153,7 +157,8 @@ class DeviceCB(Callback):
     "Moves the model to `device` before fitting, and each batch (tuples, lists, dicts of tensors) before it's used."
     order = -10   # before the callbacks that use the batch
     def __init__(self,
-                 device:str|torch.device|None=None, # a `torch.device` or its name ('cpu', 'cuda', 'mps'); `None` means `def_device`
+                 # a `torch.device` or its name ('cpu', 'cuda', 'mps'); `None` means `def_device`
+                 device:str|torch.device|None=None,
                 ):
         self.device = def_device if device is None else device
     def before_fit(self, learn): learn.model.to(self.device)
@@ -161,7 +166,8 @@ class DeviceCB(Callback):
 
 # %% ../nbs/09_learner.ipynb #c5860a9f
 class TrainLearner(Learner):
-    "A `Learner` whose training step is its own methods: predict from `batch[0]`, loss against `batch[1]`, backward, step, zero_grad."
+    ("A `Learner` whose training step is its own methods: predict from `batch[0]`, loss against `batch[1]`, "
+     "backward, step, zero_grad.")
     def predict(self): self.preds = self.model(self.batch[0])
     def get_loss(self): self.loss = self.loss_func(self.preds, self.batch[1])
     def backward(self): self.loss.backward()
@@ -170,7 +176,8 @@ class TrainLearner(Learner):
 
 # %% ../nbs/09_learner.ipynb #bebeaad3
 class MomentumLearner(TrainLearner):
-    "A `TrainLearner` whose `zero_grad` keeps `mom` times the old gradients, so each step follows a running sum of them."
+    ("A `TrainLearner` whose `zero_grad` keeps `mom` times the old gradients, so each step follows a "
+     "running sum of them.")
     def __init__(self,
                  model:nn.Module, # the model to train
                  dls, # data loaders with `.train` and `.valid`
@@ -190,7 +197,8 @@ class MomentumLearner(TrainLearner):
 
 # %% ../nbs/09_learner.ipynb #e4497c1b
 class LRFinderCB(Callback):
-    "Multiplies the learning rate by `gamma` after each training batch, recording (lr, loss); stops when the loss diverges."
+    ("Multiplies the learning rate by `gamma` after each training batch, recording (lr, loss); stops when "
+     "the loss diverges.")
     def __init__(self,
                  gamma:float=1.3, # factor by which the learning rate grows each batch
                  max_mult:float=3, # stop once the loss exceeds this multiple of its minimum so far
@@ -208,7 +216,8 @@ class LRFinderCB(Callback):
         if not math.isfinite(loss) or loss > self.min * self.max_mult: raise CancelFitException()
         self.sched.step()
     def plot(self, ax:plt.Axes|None=None):
-        "Loss against learning rate, on a log scale; the y-axis stops at 1.5 times the first loss, so the final blow-up doesn't flatten the curve."
+        ("Loss against learning rate, on a log scale; the y-axis stops at 1.5 times the first loss, so the "
+         "final blow-up doesn't flatten the curve.")
         if ax is None: _, ax = plt.subplots(figsize=(5, 3))
         ax.plot(self.lrs, self.losses)
         finite = [l for l in self.losses if math.isfinite(l)]
@@ -224,7 +233,8 @@ def lr_find(learn:Learner, # the learner to probe; its model's weights are resto
             max_epochs:int=10, # stop after this many epochs even if the loss hasn't diverged
             plot:bool=True, # draw the loss against the learning rate
            ) -> LRFinderCB:
-    "Train with a learning rate growing from `start_lr` by `gamma` per batch until the loss diverges; returns the `LRFinderCB`."
+    ("Train with a learning rate growing from `start_lr` by `gamma` per batch until the loss diverges; "
+     "returns the `LRFinderCB`.")
     saved = copy.deepcopy(learn.model.state_dict())
     finder = LRFinderCB(gamma, max_mult)
     try: learn.fit(max_epochs, lr=start_lr, cbs=[finder])

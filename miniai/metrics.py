@@ -19,7 +19,8 @@ from .datasets import fashion_dls
 
 # %% ../nbs/09b_metrics.ipynb #955fba42
 class Mean:
-    "Running weighted mean: `update(value, weight)` with each batch, `compute()` for the mean so far, `reset()` to start again."
+    ("Running weighted mean: `update(value, weight)` with each batch, `compute()` for the mean so far, "
+     "`reset()` to start again.")
     def __init__(self): self.reset()
     def reset(self):
         "Forget every value seen."
@@ -46,7 +47,8 @@ class Accuracy:
         "Forget every prediction seen."
         self.correct, self.count = 0, 0
     def update(self,
-               preds:torch.Tensor, # scores [batch, classes] (the largest is the prediction) or predicted classes [batch]
+               # scores [batch, classes] (the largest is the prediction) or predicted classes [batch]
+               preds:torch.Tensor,
                targets:torch.Tensor, # correct classes [batch]
               ):
         "Count the correct predictions of one batch."
@@ -67,7 +69,8 @@ def _fmt(v): return f'{v:.3f}' if isinstance(v, float) else str(v)
 def _print_record(record): print(' '.join(f'{k} {_fmt(v)}' for k, v in record.items()))
 
 class MetricsCB(Callback):
-    "Updates `metrics` after each batch and records them, with the loss and time, after each training and validation pass."
+    ("Updates `metrics` after each batch and records them, with the loss and time, after each training and "
+     "validation pass.")
     def __init__(self, *ms, **metrics): # metrics (named by class) and named metrics: objects with update/compute/reset
         for m in ms: metrics[type(m).__name__.lower()] = m
         self.metrics, self.loss, self.logger = metrics, Mean(), _print_record
@@ -80,14 +83,17 @@ class MetricsCB(Callback):
         for m in self.metrics.values(): m.update(learn.preds.detach(), targets)
         self.loss.update(learn.loss, weight=len(targets))
     def after_epoch(self, learn):
-        record = {'epoch': learn.epoch, 'pass': 'train' if learn.training else 'valid', 'loss': float(self.loss.compute()),
-                  **{k: float(m.compute()) for k, m in self.metrics.items()}, 'seconds': time.perf_counter() - self.start}
+        record = {'epoch': learn.epoch, 'pass': 'train' if learn.training else 'valid',
+                  'loss': float(self.loss.compute()),
+                  **{k: float(m.compute()) for k, m in self.metrics.items()},
+                  'seconds': time.perf_counter() - self.start}
         self.history.append(record)
         self.logger(record)
 
 # %% ../nbs/09b_metrics.ipynb #2bd21d0f
 class ProgressCB(Callback):
-    "In a notebook: progress bars, a table of `MetricsCB`'s records and (with `plot`) a live loss plot; elsewhere, printed lines."
+    ("In a notebook: progress bars, a table of `MetricsCB`'s records and (with `plot`) a live loss plot; "
+     "elsewhere, printed lines.")
     order = MetricsCB.order + 1
     def __init__(self,
                  plot:bool=False, # draw training and validation losses as training goes
@@ -142,33 +148,38 @@ def _plain_epoch(model, opt, dls):
             count += len(yb)
     return total / count, correct / count
 
+# %% ../nbs/09b_metrics.ipynb #ce4b9d95
 def learner_overhead(batch_size:int=512, # batch size of both loops
                      n_train:int=10_000, # training images per epoch (None: all 60,000)
                      repeats:int=5, # timed epochs of each loop
                      warmup:int=1, # untimed epochs of each first
                     ) -> dict:
-    "Median seconds per epoch of a plain PyTorch loop and of `TrainLearner` with the standard callbacks, timed alternately."
+    ("Median seconds per epoch of a plain PyTorch loop and of `TrainLearner` with the standard callbacks, "
+     "timed alternately.")
     from miniai.timing import time_interleaved   # here, not at the top: it loads numba, which training doesn't need
     dls = fashion_dls(batch_size, n_train, verbose=False)
     torch.manual_seed(0)
     model = simple_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    learn = TrainLearner(model, dls, F.cross_entropy, lr=0.1, cbs=[DeviceCB('cpu'), MetricsCB(Accuracy()), ProgressCB(bars=False)])
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=0.1,
+                         cbs=[DeviceCB('cpu'), MetricsCB(Accuracy()), ProgressCB(bars=False)])
     with redirect_stdout(io.StringIO()):
         times = time_interleaved({'plain': lambda: _plain_epoch(model, opt, dls), 'learner': lambda: learn.fit(1)},
                                  repeats=repeats, warmup=warmup)
-    return {**times, 'ratio': times['learner'] / times['plain'], 'n_train': len(dls.train.dataset), 'batch_size': batch_size,
-            'threads': torch.get_num_threads()}
+    return {**times, 'ratio': times['learner'] / times['plain'], 'n_train': len(dls.train.dataset),
+            'batch_size': batch_size, 'threads': torch.get_num_threads()}
 
+# %% ../nbs/09b_metrics.ipynb #7c847212
 def learner_overhead_table(batch_size:int=512, # batch size of both loops
                            n_train:int=10_000, # training images per epoch (None: all 60,000)
                            repeats:int=5, # timed epochs of each loop
                           ) -> str:
     "`learner_overhead` as a printable table: seconds per epoch of each loop and their ratio."
     r = learner_overhead(batch_size, n_train, repeats)
-    rows = [('plain PyTorch loop', f"{r['plain']:.3f}", '1.00'), ('Learner + callbacks', f"{r['learner']:.3f}", f"{r['ratio']:.2f}")]
-    title = (f"4. Learner overhead: one epoch of the 30k-parameter CNN, {r['n_train']:,} Fashion-MNIST training images, "
-             f"batch {batch_size}, median of {repeats} (threads: {r['threads']})")
+    rows = [('plain PyTorch loop', f"{r['plain']:.3f}", '1.00'),
+            ('Learner + callbacks', f"{r['learner']:.3f}", f"{r['ratio']:.2f}")]
+    title = (f"4. Learner overhead: one epoch of the 30k-parameter CNN, {r['n_train']:,} Fashion-MNIST "
+             f"training images, batch {batch_size}, median of {repeats} (threads: {r['threads']})")
     header = ('loop', 'seconds/epoch', 'ratio')
     widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(3)]
     line = lambda x: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))

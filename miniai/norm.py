@@ -11,7 +11,8 @@ from torch import nn
 
 # %% ../nbs/11b_norm.ipynb #894d3937
 class LayerNorm(nn.Module):
-    "Standardise each sample over its last dimensions (`normalized_shape`), then scale and shift elementwise, like `nn.LayerNorm`."
+    ("Standardise each sample over its last dimensions (`normalized_shape`), then scale and shift "
+     "elementwise, like `nn.LayerNorm`.")
     def __init__(self,
                  normalized_shape, # size of the last dimension, or a tuple of the last dimensions' sizes
                  eps:float=1e-5, # added to the variance before the square root
@@ -24,14 +25,16 @@ class LayerNorm(nn.Module):
     def forward(self, x):
         k = len(self.shape)
         if tuple(x.shape[-k:]) != self.shape:
-            raise ValueError(f'LayerNorm{self.shape} normalises the last dimensions {self.shape}, but the input has shape {tuple(x.shape)}')
+            raise ValueError(f'LayerNorm{self.shape} normalises the last dimensions {self.shape}, '
+                             f'but the input has shape {tuple(x.shape)}')
         dims = tuple(range(-k, 0))
         mean, var = x.mean(dims, keepdim=True), x.var(dims, correction=0, keepdim=True)
         return (x - mean) / (var + self.eps).sqrt() * self.weight + self.bias
 
 # %% ../nbs/11b_norm.ipynb #88e4c6a0
 class BatchNorm(nn.Module):
-    "Standardise each channel over the batch (and pixels), keeping running statistics for evaluation, like `nn.BatchNorm1d`/`nn.BatchNorm2d`."
+    ("Standardise each channel over the batch (and pixels), keeping running statistics for evaluation, like "
+     "`nn.BatchNorm1d`/`nn.BatchNorm2d`.")
     def __init__(self,
                  nf:int, # number of channels (dimension 1 of the input)
                  mom:float=0.1, # how far the running statistics move towards each batch's (PyTorch's `momentum`)
@@ -46,13 +49,16 @@ class BatchNorm(nn.Module):
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.nf:
             raise ValueError(f'BatchNorm({self.nf}) expects [batch, {self.nf}, ...], got shape {tuple(x.shape)}')
-        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)   # all but the channels; broadcast per channel
+        # all but the channels; broadcast per channel
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
         if self.training:
             n = x.numel() // self.nf
-            if n < 2: raise ValueError(f'BatchNorm needs more than one value per channel when training, got shape {tuple(x.shape)}')
+            if n < 2: raise ValueError('BatchNorm needs more than one value per channel when training, '
+                                       f'got shape {tuple(x.shape)}')
             mean, var = x.mean(dims), x.var(dims, correction=0)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.mom)
                 self.running_var.lerp_(var * n / (n - 1), self.mom)
         else: mean, var = self.running_mean, self.running_var
-        return (x - mean.view(shape)) / (var.view(shape) + self.eps).sqrt() * self.weight.view(shape) + self.bias.view(shape)
+        return ((x - mean.view(shape)) / (var.view(shape) + self.eps).sqrt() * self.weight.view(shape)
+                + self.bias.view(shape))

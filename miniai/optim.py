@@ -13,13 +13,16 @@ import torch
 def _check(name, value, ok, rule):
     if not ok: raise ValueError(f'Invalid {name}: {value!r} (must be {rule})')
 
+# %% ../nbs/12_accel_sgd.ipynb #a6ce2a0c
 class SGD(torch.optim.Optimizer):
-    "Stochastic gradient descent: per parameter, a regulariser step (weight decay) then an optimiser step (`lr` times the gradient)."
+    ("Stochastic gradient descent: per parameter, a regulariser step (weight decay) then an optimiser step "
+     "(`lr` times the gradient).")
     def __init__(self,
                  params, # the tensors to train, or dicts of them with their own hyperparameters (`param_groups`)
                  lr:float=0.1, # learning rate
                  wd:float=0., # weight decay: how strongly weights are pulled towards 0
-                 decouple_wd:bool=True, # shrink the weights directly (True) or add `wd * p` to the gradient (False: L2 regularisation)
+                 # shrink the weights directly (True) or add `wd * p` to the gradient (False: L2 regularisation)
+                 decouple_wd:bool=True,
                  **hypers, # more hyperparameters for subclasses, kept in each parameter group
                 ):
         _check('learning rate', lr, lr >= 0, '>= 0')
@@ -27,8 +30,12 @@ class SGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, wd=wd, decouple_wd=decouple_wd, **hypers))
 
     @torch.no_grad()
-    def step(self, closure:Callable|None=None): # recomputes and returns the loss, for optimisers that need it (as in PyTorch)
-        "One step for every parameter that has a gradient: `reg_step`, then `opt_step` (with `closure`, which recomputes the loss, returns the loss)."
+    def step(self,
+             # recomputes and returns the loss, for optimisers that need it (as in PyTorch)
+             closure:Callable|None=None,
+            ):
+        ("One step for every parameter that has a gradient: `reg_step`, then `opt_step` (with `closure`, "
+         "which recomputes the loss, returns the loss).")
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
@@ -44,7 +51,8 @@ class SGD(torch.optim.Optimizer):
                  grad:torch.Tensor, # its gradient (not changed)
                  group:dict, # its parameter group: `lr`, `wd`, `decouple_wd`...
                 )->torch.Tensor:
-        "Weight decay: shrink `p` by `lr * wd` of itself (decoupled), or return the gradient of L2 regularisation, `grad + wd * p`."
+        ("Weight decay: shrink `p` by `lr * wd` of itself (decoupled), or return the gradient of L2 "
+         "regularisation, `grad + wd * p`.")
         if group['wd'] == 0: return grad
         if group['decouple_wd']:
             p.mul_(1 - group['lr'] * group['wd'])
@@ -62,13 +70,15 @@ class SGD(torch.optim.Optimizer):
 
 # %% ../nbs/12_accel_sgd.ipynb #1e607ba5
 class Momentum(SGD):
-    "SGD with momentum, as PyTorch's: each step follows `buf = momentum * buf + grad` (`buf` starting at the first gradient)."
+    ("SGD with momentum, as PyTorch's: each step follows `buf = momentum * buf + grad` (`buf` starting at "
+     "the first gradient).")
     def __init__(self,
                  params, # the tensors to train, or parameter groups
                  lr:float=0.1, # learning rate
                  momentum:float=0.9, # fraction of the running sum kept at each step
                  wd:float=0., # weight decay
-                 decouple_wd:bool=True, # decoupled weight decay (True) or L2 regularisation (False, PyTorch's `weight_decay`)
+                 # decoupled weight decay (True) or L2 regularisation (False, PyTorch's `weight_decay`)
+                 decouple_wd:bool=True,
                 ):
         _check('momentum', momentum, 0 <= momentum < 1, 'in [0, 1)')
         super().__init__(params, lr, wd, decouple_wd, momentum=momentum)
@@ -82,14 +92,16 @@ class Momentum(SGD):
 
 # %% ../nbs/12_accel_sgd.ipynb #08f4dc20
 class RMSProp(SGD):
-    "RMSProp, as PyTorch's `RMSprop`: divide each gradient by the root of a running average of its squares (starting at 0)."
+    ("RMSProp, as PyTorch's `RMSprop`: divide each gradient by the root of a running average of its squares "
+     "(starting at 0).")
     def __init__(self,
                  params, # the tensors to train, or parameter groups
                  lr:float=0.01, # learning rate
                  alpha:float=0.99, # fraction of the squared-gradient average kept at each step
                  eps:float=1e-8, # added to the root of the average before dividing
                  wd:float=0., # weight decay
-                 decouple_wd:bool=True, # decoupled weight decay (True) or L2 regularisation (False, PyTorch's `weight_decay`)
+                 # decoupled weight decay (True) or L2 regularisation (False, PyTorch's `weight_decay`)
+                 decouple_wd:bool=True,
                 ):
         _check('alpha', alpha, 0 <= alpha < 1, 'in [0, 1)')
         _check('eps', eps, eps > 0, '> 0')
@@ -103,14 +115,17 @@ class RMSProp(SGD):
 
 # %% ../nbs/12_accel_sgd.ipynb #a5db28c1
 class Adam(SGD):
-    "Adam: a running average of the gradients divided by the root of a running average of their squares, both bias-corrected; with `decouple_wd`, AdamW."
+    ("Adam: a running average of the gradients divided by the root of a running average of their squares, "
+     "both bias-corrected; with `decouple_wd`, AdamW.")
     def __init__(self,
                  params, # the tensors to train, or parameter groups
                  lr:float=1e-3, # learning rate
-                 betas:tuple=(0.9, 0.999), # fractions kept at each step of the gradient average and of the squared-gradient average
+                 # fractions kept at each step of the gradient average and of the squared-gradient average
+                 betas:tuple=(0.9, 0.999),
                  eps:float=1e-8, # added to the root of the corrected squared average before dividing
                  wd:float=0., # weight decay
-                 decouple_wd:bool=True, # decoupled weight decay (True: PyTorch's `AdamW`) or L2 regularisation (False: `Adam`)
+                 # decoupled weight decay (True: PyTorch's `AdamW`) or L2 regularisation (False: `Adam`)
+                 decouple_wd:bool=True,
                 ):
         for i, beta in enumerate(betas): _check(f'beta{i + 1}', beta, 0 <= beta < 1, 'in [0, 1)')
         _check('eps', eps, eps > 0, '> 0')

@@ -14,18 +14,21 @@ from .hooks import Hooks
 
 # %% ../nbs/13_resnet.ipynb #7ee3ef9d
 class ResBlock(nn.Module):
-    "Two `conv_block`s (the first with `stride`, the second without activation) plus an identity path, then the activation: `act(convs(x) + idconv(pool(x)))`."
+    ("Two `conv_block`s (the first with `stride`, the second without activation) plus an identity path, "
+     "then the activation: `act(convs(x) + idconv(pool(x)))`.")
     def __init__(self,
                  ni:int, # input channels
                  nf:int, # output channels
                  stride:int=1, # step of the first convolution: 2 halves height and width (rounding up)
                  ks:int=3, # kernel size of both convolutions (odd, so the padding keeps the size)
                  act=nn.ReLU, # makes the activations (`act()`)
-                 norm:Callable|None=nn.BatchNorm2d, # makes the normalisation after each convolution (`norm(nf)`), or None
+                 # makes the normalisation after each convolution (`norm(nf)`), or None
+                 norm:Callable|None=nn.BatchNorm2d,
                  shortcut:bool=True, # add the identity path (False: the same two convolutions as a plain block)
                 ):
         super().__init__()
-        if ks % 2 == 0 or stride < 1: raise ValueError(f'ResBlock needs an odd kernel size and stride >= 1, got ks={ks}, stride={stride}')
+        if ks % 2 == 0 or stride < 1: raise ValueError('ResBlock needs an odd kernel size and stride >= 1, '
+                                                       f'got ks={ks}, stride={stride}')
         self.convs = nn.Sequential(conv_block(ni, nf, ks, stride=stride, act=act, norm=norm),
                                    conv_block(nf, nf, ks, stride=1, act=None, norm=norm))
         self.shortcut = shortcut
@@ -41,7 +44,8 @@ class ResBlock(nn.Module):
 
 # %% ../nbs/13_resnet.ipynb #8ec4bbd1
 class ResNet(nn.Sequential):
-    "A ResNet for small images: a stride-1 `ResBlock` stem, then per further entry of `nfs` a stride-2 `ResBlock` and `n_blocks - 1` more, global average pooling, a linear head."
+    ("A ResNet for small images: a stride-1 `ResBlock` stem, then per further entry of `nfs` a stride-2 "
+     "`ResBlock` and `n_blocks - 1` more, global average pooling, a linear head.")
     def __init__(self,
                  nfs=(16, 32, 64, 128), # channels: the stem's, then each stage's
                  n_blocks:int=1, # `ResBlock`s per stage (the first halves the size, the others keep it)
@@ -51,24 +55,31 @@ class ResNet(nn.Sequential):
                  norm:Callable|None=nn.BatchNorm2d, # makes the normalisations, or None
                  shortcut:bool=True, # identity paths (False: the same convolutions as a plain CNN)
                 ):
-        if n_blocks < 1 or len(nfs) < 1: raise ValueError(f'ResNet needs at least one channel count and n_blocks >= 1, got nfs={nfs}, n_blocks={n_blocks}')
+        if n_blocks < 1 or len(nfs) < 1:
+            raise ValueError('ResNet needs at least one channel count and n_blocks >= 1, '
+                             f'got nfs={nfs}, n_blocks={n_blocks}')
         kw = dict(act=act, norm=norm, shortcut=shortcut)
         layers = [ResBlock(n_in, nfs[0], **kw)]
-        for ni, nf in zip(nfs, nfs[1:]): layers += [ResBlock(ni, nf, stride=2, **kw)] + [ResBlock(nf, nf, **kw) for _ in range(n_blocks - 1)]
+        for ni, nf in zip(nfs, nfs[1:]):
+            layers += ([ResBlock(ni, nf, stride=2, **kw)]
+                       + [ResBlock(nf, nf, **kw) for _ in range(n_blocks - 1)])
         super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nfs[-1], n_out))
 
 # %% ../nbs/13_resnet.ipynb #0d037373
 def layer_flops(m:nn.Module, # a layer: convolutions and `Linear` count, other layers are 0
                 out:torch.Tensor, # its output for a batch (the first dimension is the batch)
                )->int:
-    "Floating-point operations of `m`'s forward pass for one sample: 2 per multiply-add of a convolution or `Linear` (biases not counted)."
-    if isinstance(m, nn.modules.conv._ConvNd): return 2 * out[0].numel() * m.weight[0].numel()   # per output: in/groups * kernel
+    ("Floating-point operations of `m`'s forward pass for one sample: 2 per multiply-add of a convolution "
+     "or `Linear` (biases not counted).")
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return 2 * out[0].numel() * m.weight[0].numel()   # per output: in/groups * kernel
     if isinstance(m, nn.Linear): return 2 * out[0].numel() * m.in_features
     return 0
 
 # %% ../nbs/13_resnet.ipynb #5f10f457
 class ModelSummary(list):
-    "The rows of `summary`, one dict per layer (`module`, `input`, `output`, `params`, `mflops`), shown as a table with totals."
+    ("The rows of `summary`, one dict per layer (`module`, `input`, `output`, `params`, `mflops`), shown as "
+     "a table with totals.")
     @property
     def params(self)->int:
         "Parameters of all the rows."
@@ -78,12 +89,14 @@ class ModelSummary(list):
         "Millions of floating-point operations per sample, all rows."
         return sum(r['mflops'] for r in self)
     def _cells(self):
-        return [(r['module'], str(r['input']), str(r['output']), f"{r['params']:,}", f"{r['mflops']:.2f}") for r in self]
+        return [(r['module'], str(r['input']), str(r['output']), f"{r['params']:,}", f"{r['mflops']:.2f}")
+                for r in self]
     def __str__(self):
         header = ('module', 'input', 'output', 'params', 'MFLOPs')
         rows = [header, *self._cells(), ('total', '', '', f'{self.params:,}', f'{self.mflops:.2f}')]
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return '\n'.join('  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+        return '\n'.join('  '.join(c.ljust(w) if i < 3 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
     __repr__ = __str__
     def _repr_markdown_(self):
         lines = ['| module | input | output | params | MFLOPs |', '|---|---|---|---:|---:|']
@@ -95,15 +108,17 @@ def summary(model:nn.Module, # the model
             xb:torch.Tensor|tuple, # a batch of inputs, or its shape (then zeros are used)
             mods:list|None=None, # the layers to list, in order (default: the model's children)
            )->ModelSummary:
-    "A row per layer of `model` with its input and output shapes, parameters and MFLOPs per sample, from one forward pass of `xb` with hooks."
+    ("A row per layer of `model` with its input and output shapes, parameters and MFLOPs per sample, from "
+     "one forward pass of `xb` with hooks.")
     mods = list(model.children()) if mods is None else list(mods)
     if not mods: raise ValueError(f'summary: {type(model).__name__} has no layers to list; pass them as `mods`')
     p = next(model.parameters(), None)
     if not isinstance(xb, torch.Tensor): xb = torch.zeros(xb)
     if p is not None: xb = xb.to(p.device)
     rows, flops = [], {}
-    def _row(hook, m, inp, out): rows.append(dict(module=type(m).__name__, input=tuple(inp[0].shape), output=tuple(out.shape),
-                                                  params=sum(q.numel() for q in m.parameters()), mflops=0.))
+    def _row(hook, m, inp, out):
+        rows.append(dict(module=type(m).__name__, input=tuple(inp[0].shape), output=tuple(out.shape),
+                         params=sum(q.numel() for q in m.parameters()), mflops=0.))
     def _flops(hook, m, inp, out): flops[m] = flops.get(m, 0) + layer_flops(m, out)
     counted = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     was_training = model.training

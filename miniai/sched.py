@@ -20,13 +20,15 @@ def get_hyper(group:dict, # one of an optimiser's `param_groups`
     if name != 'mom': return group[name]
     if 'betas' in group: return group['betas'][0]
     if 'momentum' in group: return group['momentum']
-    raise KeyError(f"this optimiser has no momentum: its parameter groups hold neither 'betas' nor 'momentum' (keys: {sorted(k for k in group if k != 'params')})")
+    raise KeyError("this optimiser has no momentum: its parameter groups hold neither 'betas' nor 'momentum' "
+                   f"(keys: {sorted(k for k in group if k != 'params')})")
 
 def set_hyper(group:dict, # one of an optimiser's `param_groups`
               name:str, # a key of the group, or `'mom'` for the momentum
               value:float, # the new value
              ):
-    "Set the hyperparameter `name` of a parameter group; `'mom'` sets `betas[0]` or `momentum`, as `get_hyper` reads it."
+    ("Set the hyperparameter `name` of a parameter group; `'mom'` sets `betas[0]` or `momentum`, as "
+     "`get_hyper` reads it.")
     if name != 'mom': group[name] = value
     elif 'betas' in group: group['betas'] = (value, *group['betas'][1:])
     elif 'momentum' in group: group['momentum'] = value
@@ -34,9 +36,12 @@ def set_hyper(group:dict, # one of an optimiser's `param_groups`
 
 # %% ../nbs/12b_schedulers.ipynb #037c774d
 class RecorderCB(Callback):
-    "Before each training batch, records hyperparameters (`'lr'`, `'mom'`...) of the optimiser's first parameter group, as used by that batch; `plot` draws them."
+    ("Before each training batch, records hyperparameters (`'lr'`, `'mom'`...) of the optimiser's first "
+     "parameter group, as used by that batch; `plot` draws them.")
     order = 1   # after callbacks that set hyperparameters in `before_batch`
-    def __init__(self, *names:str): self.names = names or ('lr',)   # hyperparameters to record: keys of a parameter group, or 'mom'
+    def __init__(self,
+                 *names:str, # hyperparameters to record: keys of a parameter group, or 'mom'
+                ): self.names = names or ('lr',)
     def before_fit(self, learn): self.recs = {nm: [] for nm in self.names}
     def before_batch(self, learn):
         if not learn.training: return
@@ -51,8 +56,11 @@ class RecorderCB(Callback):
 
 # %% ../nbs/12b_schedulers.ipynb #835bf62a
 class BaseSchedCB(Callback):
-    "Makes a PyTorch scheduler from the learner's new optimiser before each fit (`sched(learn.opt)`); subclasses choose when to `step` it."
-    def __init__(self, sched): self.sched = sched   # makes the scheduler from an optimiser, e.g. `partial(CosineAnnealingLR, T_max=n)`
+    ("Makes a PyTorch scheduler from the learner's new optimiser before each fit (`sched(learn.opt)`); "
+     "subclasses choose when to `step` it.")
+    def __init__(self,
+                 sched, # makes the scheduler from an optimiser, e.g. `partial(CosineAnnealingLR, T_max=n)`
+                ): self.sched = sched
     def before_fit(self, learn): self.schedo = self.sched(learn.opt)
     def _step(self, learn):
         if learn.training: self.schedo.step()
@@ -89,7 +97,8 @@ def one_cycle(step:int, # 0 to `total_steps - 1`
               pct_start:float=0.3, # fraction of the steps spent warming up
               anneal=sched_cos, # how each phase moves: `sched_cos` or `sched_lin` (any `f(start, end, pct)`)
              )->float:
-    "The value at `step` of a two-phase cycle, `start` to `peak` over the first `pct_start` of the steps, then to `end`, as in PyTorch's `OneCycleLR`."
+    ("The value at `step` of a two-phase cycle, `start` to `peak` over the first `pct_start` of the steps, "
+     "then to `end`, as in PyTorch's `OneCycleLR`.")
     if total_steps < 1: raise ValueError(f'total_steps must be at least 1, got {total_steps}')
     if not 0 <= pct_start <= 1: raise ValueError(f'pct_start must be between 0 and 1, got {pct_start}')
     warm_end = pct_start * total_steps - 1   # the step at which the warm-up reaches `peak` (PyTorch's convention)
@@ -98,12 +107,16 @@ def one_cycle(step:int, # 0 to `total_steps - 1`
 
 # %% ../nbs/12b_schedulers.ipynb #82c386f2
 class ParamSchedCB(Callback):
-    "Before each training batch, sets each hyperparameter `name=f` of every parameter group to `f(step, total_steps)`; steps count the fit's training batches."
-    def __init__(self, **scheds): self.scheds = scheds   # `lr=f`, `mom=f` (the momentum, see `set_hyper`), ...: each `f(step, total_steps)`
+    ("Before each training batch, sets each hyperparameter `name=f` of every parameter group to "
+     "`f(step, total_steps)`; steps count the fit's training batches.")
+    def __init__(self,
+                 **scheds, # `lr=f`, `mom=f` (the momentum, see `set_hyper`), ...: each `f(step, total_steps)`
+                ): self.scheds = scheds
     def before_fit(self, learn): self.steps_done, self.total_steps = 0, learn.n_epochs * len(learn.dls.train)
     def before_batch(self, learn):
         if not learn.training: return
-        step = min(self.steps_done, self.total_steps - 1)   # past the planned end (an extra batch), keep the last values
+        # past the planned end (an extra batch), keep the last values
+        step = min(self.steps_done, self.total_steps - 1)
         for nm, f in self.scheds.items():
             value = f(step, self.total_steps)
             for group in learn.opt.param_groups: set_hyper(group, nm, value)
@@ -111,7 +124,8 @@ class ParamSchedCB(Callback):
         if learn.training: self.steps_done += 1
 
 class OneCycleCB(ParamSchedCB):
-    "The one-cycle schedule of PyTorch's `OneCycleLR` (two phases) over the whole fit: the learning rate up and down, the momentum (or Adam's `beta1`) down and up."
+    ("The one-cycle schedule of PyTorch's `OneCycleLR` (two phases) over the whole fit: the learning rate "
+     "up and down, the momentum (or Adam's `beta1`) down and up.")
     def __init__(self,
                  max_lr:float, # the peak learning rate
                  pct_start:float=0.3, # fraction of the steps spent warming up
@@ -122,10 +136,12 @@ class OneCycleCB(ParamSchedCB):
                  cycle_momentum:bool=True, # cycle the momentum too (the optimiser must have one)
                  anneal_strategy:str='cos', # 'cos' or 'linear'
                 ):
-        if anneal_strategy not in ('cos', 'linear'): raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        if anneal_strategy not in ('cos', 'linear'):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         if not 0 <= pct_start <= 1: raise ValueError(f'pct_start must be between 0 and 1, got {pct_start}')
         anneal = sched_cos if anneal_strategy == 'cos' else sched_lin
         lr0 = max_lr / div_factor
         scheds = {'lr': lambda i, n: one_cycle(i, n, lr0, max_lr, lr0 / final_div_factor, pct_start, anneal)}
-        if cycle_momentum: scheds['mom'] = lambda i, n: one_cycle(i, n, max_momentum, base_momentum, max_momentum, pct_start, anneal)
+        if cycle_momentum: scheds['mom'] = lambda i, n: one_cycle(i, n, max_momentum, base_momentum,
+                                                                  max_momentum, pct_start, anneal)
         super().__init__(**scheds)

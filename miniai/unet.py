@@ -16,7 +16,8 @@ def timestep_embedding(t:torch.Tensor, # times or noise levels [batch], integers
                        dim:int, # length of each embedding (even)
                        max_period:float=10_000., # the slowest wave's period
                       )->torch.Tensor:
-    "Sinusoidal embedding `[batch, dim]` of `t`: cosines then sines of `t` times `dim//2` frequencies from 1 down to `1/max_period`."
+    ("Sinusoidal embedding `[batch, dim]` of `t`: cosines then sines of `t` times `dim//2` frequencies from "
+     "1 down to `1/max_period`.")
     if dim % 2: raise ValueError(f'dim must be even, got {dim}')
     freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, device=t.device) / (dim // 2))
     args = t.float()[:, None] * freqs[None]
@@ -24,7 +25,8 @@ def timestep_embedding(t:torch.Tensor, # times or noise levels [batch], integers
 
 # %% ../nbs/16_unet.ipynb #6689c0cd
 def _n_groups(ni:int, groups:int)->int:
-    "The most groups, at most `groups`, that split `ni` channels evenly (GroupNorm requires it); `min(groups, ni)` whenever that divides `ni`."
+    ("The most groups, at most `groups`, that split `ni` channels evenly (GroupNorm requires it); "
+     "`min(groups, ni)` whenever that divides `ni`.")
     return max(g for g in range(1, min(groups, ni) + 1) if ni % g == 0)
 
 def norm_act_conv(ni:int, # input channels
@@ -34,7 +36,8 @@ def norm_act_conv(ni:int, # input channels
                   groups:int=8, # GroupNorm groups: the largest number up to this that divides `ni`
                  )->nn.Sequential:
     "GroupNorm, SiLU, then a convolution: the pre-activation layer the U-Net is made of."
-    return nn.Sequential(nn.GroupNorm(_n_groups(ni, groups), ni), nn.SiLU(), nn.Conv2d(ni, nf, ks, stride, padding=ks // 2))
+    return nn.Sequential(nn.GroupNorm(_n_groups(ni, groups), ni), nn.SiLU(),
+                         nn.Conv2d(ni, nf, ks, stride, padding=ks // 2))
 
 # %% ../nbs/16_unet.ipynb #98f3454e
 class EmbResBlock(nn.Module):
@@ -56,7 +59,8 @@ class EmbResBlock(nn.Module):
 
 # %% ../nbs/16_unet.ipynb #93502302
 class DownBlock(nn.Module):
-    "`n_layers` `EmbResBlock`s, then (unless it is the lowest level) a stride-2 convolution; every output is saved for the up path."
+    ("`n_layers` `EmbResBlock`s, then (unless it is the lowest level) a stride-2 convolution; every output "
+     "is saved for the up path.")
     def __init__(self,
                  n_emb:int, # length of the time embedding
                  ni:int, # input channels
@@ -75,7 +79,8 @@ class DownBlock(nn.Module):
 
 # %% ../nbs/16_unet.ipynb #3f9433d9
 class UpBlock(nn.Module):
-    "`n_layers + 1` `EmbResBlock`s, each fed the previous output joined with a saved down-path activation; then (unless it is the top level) a 2x upsample and a convolution."
+    ("`n_layers + 1` `EmbResBlock`s, each fed the previous output joined with a saved down-path activation; "
+     "then (unless it is the top level) a 2x upsample and a convolution.")
     def __init__(self,
                  n_emb:int, # length of the time embedding
                  ni:int, # channels of the last skip it takes (the level above's down-path output)
@@ -95,7 +100,8 @@ class UpBlock(nn.Module):
 
 # %% ../nbs/16_unet.ipynb #5b25292c
 class UNet(nn.Module):
-    "A U-Net for diffusion: `model(x, t)` is the same shape as `x`; `t` (one number per image) is embedded and fed to every block."
+    ("A U-Net for diffusion: `model(x, t)` is the same shape as `x`; `t` (one number per image) is embedded "
+     "and fed to every block.")
     def __init__(self,
                  in_ch:int=1, # channels of the images
                  out_ch:int=1, # channels of the output (e.g. the predicted noise)
@@ -108,20 +114,25 @@ class UNet(nn.Module):
         n_emb = 4 * nfs[0]
         self.emb_mlp = nn.Sequential(nn.Linear(self.n_temb, n_emb), nn.SiLU(), nn.Linear(n_emb, n_emb), nn.SiLU())
         ins = (nfs[0],) + tuple(nfs[:-1])
-        self.downs = nn.ModuleList(DownBlock(n_emb, ni, nf, n_layers, down=i < len(nfs) - 1) for i, (ni, nf) in enumerate(zip(ins, nfs)))
+        self.downs = nn.ModuleList(DownBlock(n_emb, ni, nf, n_layers, down=i < len(nfs) - 1)
+                                   for i, (ni, nf) in enumerate(zip(ins, nfs)))
         self.mid = EmbResBlock(n_emb, nfs[-1], nfs[-1])
         rev = nfs[::-1]
-        self.ups = nn.ModuleList(UpBlock(n_emb, rev[min(i + 1, len(nfs) - 1)], rev[max(i - 1, 0)], nf, n_layers, up=i < len(nfs) - 1)
+        self.ups = nn.ModuleList(UpBlock(n_emb, rev[min(i + 1, len(nfs) - 1)], rev[max(i - 1, 0)],
+                                         nf, n_layers, up=i < len(nfs) - 1)
                                  for i, nf in enumerate(rev))
         self.conv_out = norm_act_conv(nfs[0], out_ch)
 
     def forward(self, x, t):
         m = 2 ** (len(self.downs) - 1)
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, got {tuple(x.shape[-2:])}')
+            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
+                             f'got {tuple(x.shape[-2:])}')
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0: t = t.expand(len(x))
-        if t.shape not in ((len(x),), (1,)): raise ValueError(f't must hold one number per image ({len(x)}) or one for all, got shape {tuple(t.shape)}')
+        if t.shape not in ((len(x),), (1,)):
+            raise ValueError(f't must hold one number per image ({len(x)}) or one for all, '
+                             f'got shape {tuple(t.shape)}')
         emb = self.emb_mlp(timestep_embedding(t, self.n_temb))
         x = self.conv_in(x)
         saved = [x]
