@@ -139,3 +139,15 @@ def test_train_speed_reports_each_variant_and_errors(monkeypatch):
     table = train_speed_table(4, 1, 1, results=r)
     assert 'broken' in table and 'no compiler' in table and 'vs float32' in table
     assert table.splitlines()[2].split()[-2] == '1.00'   # float32 against itself
+
+class _Wrapper(nn.Module):
+    "Like torch 2.4's compiled module: `train(mode)` sets the wrapped model's flag, its own stays as it was."
+    def __init__(self, model): super().__init__(); self.inner = model
+    def forward(self, x): return self.inner(x)
+    def train(self, mode=True): self.inner.train(mode); return self
+
+def test_compile_cb_validates_in_eval_mode_whatever_the_wrapper_does(monkeypatch):
+    "With a compiled module whose own flag ignores eval(), the Learner must still see validation as not training."
+    monkeypatch.setattr(torch, 'compile', lambda model, **kw: _Wrapper(model))
+    learn, _ = fit([CompileCB()], epochs=1)   # validation would call backward under no_grad, and fail
+    assert not learn.model.training
