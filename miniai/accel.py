@@ -87,8 +87,9 @@ class CompileCB(Callback):
         if self.compiled is None or self.model is not learn.model:
             self.model, self.compiled = learn.model, torch.compile(learn.model, **self.kwargs)
         learn.model = self.compiled
-    def before_epoch(self, learn):   # torch 2.4's compiled wrapper keeps its own train/eval flag: make it the model's
-        self.compiled.training = self.model.training
+    def before_epoch(self, learn):
+        # torch 2.4's compiled wrapper keeps its own train/eval flag, and hands attribute sets on to the model
+        vars(self.compiled)['training'] = self.model.training
     def cleanup_fit(self, learn): learn.model = self.model
 
 # %% ../nbs/13b_speed.ipynb #5cb447a8
