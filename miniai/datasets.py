@@ -27,6 +27,11 @@ class DictDataset:
     @property
     def column_names(self)->list: return list(self.columns)
     def __len__(self): return len(next(iter(self.columns.values()), ()))
+    def _rows(self, idxs:list)->list:
+        "Row numbers from `idxs`: a list of them, or a mask of one bool per row (as PyTorch and NumPy read one)."
+        if not idxs or not all(isinstance(b, (bool, np.bool_)) for b in idxs): return idxs
+        if len(idxs) != len(self): raise IndexError(f'a mask of {len(idxs)} values for a dataset of {len(self):,} rows')
+        return [j for j, keep in enumerate(idxs) if keep]
     def _batch(self, idxs:list)->dict:
         "Rows `idxs` as a batch (each tensor or array column indexed once), through `transform` if one is set."
         batch = {name: col[idxs] if isinstance(col, (torch.Tensor, np.ndarray)) else [col[i] for i in idxs]
@@ -35,7 +40,7 @@ class DictDataset:
     def __getitem__(self, i):
         if isinstance(i, (torch.Tensor, np.ndarray)): i = i.tolist()
         if isinstance(i, slice): i = range(len(self))[i]
-        if isinstance(i, (list, tuple, range)): return self._batch(list(i))
+        if isinstance(i, (list, tuple, range)): return self._batch(self._rows(list(i)))
         i = operator.index(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f'row {i} is out of range for a dataset of {len(self):,} rows')

@@ -40,6 +40,17 @@ class Mean:
     def __repr__(self): return f'{type(self).__name__}({float(self.compute()):.4f})'
 
 # %% ../nbs/09b_metrics.ipynb #fbb5eacf
+def _check_preds(preds):
+    "Refuse predictions that `Accuracy` would score wrong without a word: probabilities, one-column scores, NaN."
+    if preds.ndim == 1 and preds.is_floating_point():
+        raise ValueError('predicted classes must be integers: for the probability of one class, '
+                         'pass scores [batch, 2] or the classes (probs > 0.5).long()')
+    if preds.ndim == 2 and preds.shape[1] < 2:
+        raise ValueError(f'scores for {preds.shape[1]} class: the largest is always class 0; '
+                         'pass [batch, classes], classes >= 2')
+    if preds.is_floating_point() and (bad := int(preds.isnan().flatten(1).any(1).sum() if preds.ndim == 2 else 0)):
+        raise ValueError(f'{bad} of {len(preds)} predictions hold NaN: the model diverged, or its input did')
+
 class Accuracy:
     "Fraction of correct predictions: `update(preds, targets)` with each batch, `compute()`, `reset()`."
     def __init__(self): self.reset()
@@ -52,6 +63,7 @@ class Accuracy:
                targets:torch.Tensor, # correct classes [batch]
               ):
         "Count the correct predictions of one batch."
+        _check_preds(preds)
         if preds.ndim == 2: preds = preds.argmax(1)
         if preds.shape != targets.shape:
             raise ValueError(f'predictions {tuple(preds.shape)} and targets {tuple(targets.shape)} do not match: '
@@ -79,7 +91,10 @@ class MetricsCB(Callback):
         for m in [self.loss, *self.metrics.values()]: m.reset()
         self.start = time.perf_counter()
     def after_batch(self, learn):
-        targets = learn.batch[1]
+        if not isinstance(learn.batch, (tuple, list)):
+            raise TypeError('MetricsCB reads a batch of inputs then targets (a tuple or list), '
+                            f'got a {type(learn.batch).__name__}')
+        targets = learn.batch[-1]   # after the `n_inp` inputs
         for m in self.metrics.values(): m.update(learn.preds.detach(), targets)
         self.loss.update(learn.loss, weight=len(targets))
     def after_epoch(self, learn):

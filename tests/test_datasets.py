@@ -113,3 +113,14 @@ def test_fashion_dd_offline(tmp_path, monkeypatch, capsys):
     assert list(dd) == ['train', 'valid'] and (len(dd['train']), len(dd['valid'])) == (3000, 1000)
     row = dd['train'][0]
     assert row['image'].shape == (28, 28) and row['image'].dtype == torch.uint8 and row['label'].dtype == torch.int64
+
+@pytest.mark.parametrize('mask', [[True, False, True], torch.tensor([True, False, True]), np.array([True, False, True])])
+def test_boolean_mask_picks_the_same_rows_in_every_column(mask):
+    "A mask picks rows, as in PyTorch and NumPy: list columns used to read True/False as rows 1 and 0."
+    ds = DictDataset({'x': torch.arange(3), 'name': ['a', 'b', 'c'], 'y': np.arange(3) * 10})
+    rows = ds[mask]
+    assert rows['x'].tolist() == [0, 2] and rows['name'] == ['a', 'c'] and rows['y'].tolist() == [0, 20]
+
+def test_boolean_mask_of_the_wrong_length_is_refused():
+    ds = DictDataset({'x': torch.arange(3), 'name': ['a', 'b', 'c']})
+    with pytest.raises(IndexError, match='mask of 2 values for a dataset of 3 rows'): ds[[True, False]]

@@ -66,3 +66,29 @@ def test_empty_validation_gives_nan_not_an_error(capsys):
     metrics = MetricsCB(Accuracy())
     TrainLearner(nn.Linear(4, 2), DLs(data(10, 5, 0), []), F.cross_entropy, cbs=[metrics, ProgressCB(bars=False)]).fit(1)
     assert math.isnan(metrics.history[-1]['loss']) and math.isnan(metrics.history[-1]['accuracy'])
+
+@pytest.mark.parametrize('preds,msg', [(torch.tensor([0.9, 0.2, 0.7]), 'predicted classes must be integers'),
+                                       (torch.randn(3, 1), 'scores for 1 class'),
+                                       (torch.tensor([[0.1, 0.9], [float('nan'), 0.], [0.3, 0.2]]), '1 of 3 predictions hold NaN')])
+def test_accuracy_refuses_what_it_would_score_silently_wrong(preds, msg):
+    "Probabilities [batch], one-column logits and NaN scores used to give 0.0, 0.25 or class 0 without an error."
+    with pytest.raises(ValueError, match=msg): Accuracy().update(preds, torch.tensor([1, 0, 1]))
+
+def test_metrics_cb_scores_against_the_last_item_of_the_batch(capsys):
+    "With batches (x, k, y) and TrainCB(n_inp=2) the targets are y, not k."
+    from miniai.learner import Learner, TrainCB
+    class TwoInputs(nn.Module):
+        def __init__(self): super().__init__(); self.lin = nn.Linear(4, 2)
+        def forward(self, x, k): return self.lin(x)
+    batches = [(x, torch.full_like(y, 7), y) for x, y in data(64, 32, 0)]
+    metrics = MetricsCB(Accuracy())
+    learn = Learner(TwoInputs(), DLs(batches, batches), F.cross_entropy, lr=0.1, cbs=[TrainCB(n_inp=2), metrics])
+    learn.fit(1)
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[2] for b in batches])
+    with torch.no_grad(): preds = learn.model(x, None)
+    assert math.isclose(metrics.history[-1]['accuracy'], (preds.argmax(1) == y).float().mean().item(), rel_tol=1e-6)
+
+def test_metrics_cb_names_a_dict_batch():
+    metrics = MetricsCB(Accuracy())
+    learn = type('L', (), dict(batch={'x': torch.zeros(2), 'y': torch.zeros(2)}, preds=torch.zeros(2, 2), loss=torch.tensor(0.)))()
+    with pytest.raises(TypeError, match='a batch of inputs then targets'): metrics.after_batch(learn)
