@@ -73,6 +73,7 @@ class Optimizer:
                 ):
         self.params, self.lr = list(params), lr
         if not self.params: raise ValueError('Optimizer got an empty parameter list')
+        if not lr >= 0: raise ValueError(f'Invalid learning rate: {lr} (as torch.optim.SGD says): it must be at least 0')
     def step(self):
         ("Move each parameter against its gradient; "
          "parameters without a gradient (`.grad` is None) are skipped, as in torch.")

@@ -149,3 +149,8 @@ def test_is_offline_rejects_nonsense(monkeypatch, value):
 def test_data_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'elsewhere'))
     assert data_dir() == tmp_path/'elsewhere' and (tmp_path/'elsewhere').is_dir()
+
+def test_data_dir_names_a_file_where_a_folder_should_be(tmp_path, monkeypatch):
+    (tmp_path/'afile').write_text('not a folder')
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'afile'))
+    with pytest.raises(NotADirectoryError, match='MINIAI_DATA points at a file.*afile.*a folder'): data_dir()

@@ -246,3 +246,9 @@ def test_abandoned_loop_stops_its_workers():
     time.sleep(0.1)
     import gc; gc.collect()
     assert set(multiprocessing.active_children()) <= before
+
+@pytest.mark.parametrize('lr', [-1, -0.1])
+def test_optimizer_refuses_a_negative_learning_rate(lr):
+    "torch.optim.SGD refuses one (ValueError: Invalid learning rate); ours used to climb the loss instead."
+    with pytest.raises(ValueError, match=f'Invalid learning rate: {lr}'): torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    with pytest.raises(ValueError, match=rf'Invalid learning rate: {lr}.*at least 0'): Optimizer([torch.zeros(1, requires_grad=True)], lr=lr)
