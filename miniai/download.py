@@ -6,7 +6,7 @@
 __all__ = ['data_dir', 'is_offline', 'test_size', 'file_md5', 'file_mismatch', 'DownloadError', 'atomic_write', 'download']
 
 # %% ../nbs/01a_getting_data.ipynb #746ca268
-import hashlib, os, secrets, time
+import glob, hashlib, os, secrets, time
 from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path
@@ -71,12 +71,23 @@ class DownloadError(Exception):
     "A download failed or gave the wrong file; the message says which URL, what went wrong and what to do."
 
 # %% ../nbs/01a_getting_data.ipynb #997510b9
+def _remove_stale_parts(dest:Path):
+    "Remove the temporary files that writes of `dest` by processes no longer running left (killed mid-write)."
+    if os.name == 'nt': return   # os.kill(pid, 0) would end the process there
+    for p in dest.parent.glob(f'.{glob.escape(dest.name)}.*-*.part'):
+        pid = p.name[len(dest.name) + 2:].split('-')[0]
+        if not pid.isdigit(): continue
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError: p.unlink(missing_ok=True)
+        except PermissionError: pass   # another user's process: alive
+
 @contextmanager
 def atomic_write(dest):
     "Open a temporary file beside `dest` for binary writing; it becomes `dest` only if the `with` block succeeds."
     dest = Path(dest)
     if dest.is_dir(): raise IsADirectoryError(f'{dest} is a folder: give the name of the file to create')
     if not dest.parent.is_dir(): raise FileNotFoundError(f'there is no folder {dest.parent} to create {dest.name} in')
+    _remove_stale_parts(dest)
     tmp = dest.with_name(f'.{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part')
     try:
         with open(tmp, 'xb') as f: yield f

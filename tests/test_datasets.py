@@ -124,3 +124,13 @@ def test_boolean_mask_picks_the_same_rows_in_every_column(mask):
 def test_boolean_mask_of_the_wrong_length_is_refused():
     ds = DictDataset({'x': torch.arange(3), 'name': ['a', 'b', 'c']})
     with pytest.raises(IndexError, match='mask of 2 values for a dataset of 3 rows'): ds[[True, False]]
+
+@pytest.mark.parametrize('rows', [[1, 2.5], [2.5, 1], [True, 2]])
+def test_collate_refuses_rows_of_mixed_number_types(rows):
+    "Its dtype would depend on which row came first (float32 for [1, 2.5], float64 for [2.5, 1], as default_collate does)."
+    with pytest.raises(TypeError, match='rows mix'): collate_batch(rows)
+
+def test_collate_refuses_dict_rows_with_other_keys():
+    "default_collate keeps the first row's keys: a key that only later rows have was dropped without a word."
+    with pytest.raises(ValueError, match=r"rows have different keys: \['a'\] in row 0, \['a', 'b'\] in row 1"):
+        collate_batch([{'a': 1}, {'a': 2, 'b': 3}])

@@ -1,5 +1,5 @@
 "`miniai.download` against a real HTTP server on 127.0.0.1 (no internet): bad servers, bad files, the offline switch."
-import hashlib, threading, time
+import hashlib, os, threading, time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
@@ -154,3 +154,12 @@ def test_data_dir_names_a_file_where_a_folder_should_be(tmp_path, monkeypatch):
     (tmp_path/'afile').write_text('not a folder')
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'afile'))
     with pytest.raises(NotADirectoryError, match='MINIAI_DATA points at a file.*afile.*a folder'): data_dir()
+
+def test_atomic_write_clears_what_a_killed_write_left(tmp_path):
+    "A process killed while writing leaves its hidden .part file; the next write of that file removes it, not a live one's."
+    import subprocess, sys as _sys
+    dead = subprocess.run([_sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    stale, live = tmp_path/f'.model.pt.{dead}-0123abcd.part', tmp_path/f'.model.pt.{os.getppid()}-89abcdef.part'
+    stale.write_bytes(b'x' * 100); live.write_bytes(b'y')
+    with atomic_write(tmp_path/'model.pt') as f: f.write(b'new')
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['model.pt', live.name])

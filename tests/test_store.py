@@ -77,3 +77,24 @@ def test_a_lesson_saving_while_another_trains_keeps_its_model(data_dir):
     assert child.exitcode == 0
     loaded, _ = ddpm.trained_ddpm(verbose=False)
     for (k, a), b in zip(mine.state_dict().items(), loaded.state_dict().values()): assert torch.equal(a, b), k
+
+def _save_forever(path):
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    model = UNet()
+    while True: save_model(model, path)
+
+def test_kill_9_during_save_model_never_loses_the_model(tmp_path):
+    "Fault injection: a process saving a model over and over is killed at random moments; a complete copy always loads."
+    import os, random, signal
+    from miniai.store import load_model
+    torch.manual_seed(0)
+    path = save_model(UNet(), tmp_path/'model.pt')
+    rng = random.Random(0)
+    for _ in range(8):
+        child = fork.Process(target=_save_forever, args=(path,)); child.start()
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(child.pid, signal.SIGKILL); child.join()
+        load_model(UNet(), path)
+    save_model(UNet(), path)
+    assert [p.name for p in tmp_path.iterdir()] == ['model.pt']   # the next save removed what the killed ones left
