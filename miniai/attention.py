@@ -15,52 +15,66 @@ import torch.nn.functional as F
 # %% ../nbs/23_attention.ipynb #5eb13bfc
 def _check_bool_mask(mask):
     if mask is not None and mask.dtype != torch.bool:
-        raise TypeError(f'a mask must be a bool tensor, True = attend to this key; got {mask.dtype} (if 1 marks the real tokens, pass `mask.bool()`)')
+        raise TypeError(f'a mask must be a bool tensor, True = attend to this key; got {mask.dtype} '
+                        '(if 1 marks the real tokens, pass `mask.bool()`)')
 
 def _keep_mask(mask:torch.Tensor|None, # bool, True = keep, broadcastable to [..., Lq, Lk]
                causal:bool, # also hide the keys after each query's position
                shape:torch.Size, # the scores' shape [..., Lq, Lk]
                device)->torch.Tensor|None:
-    "The bool mask of the (query, key) pairs that take part: `mask` and, with `causal`, the lower triangle; None when all do."
+    ("The bool mask of the (query, key) pairs that take part: `mask` and, with `causal`, the lower triangle; "
+     "None when all do.")
     _check_bool_mask(mask)
     if mask is not None:
         try: ok = torch.broadcast_shapes(mask.shape, shape) == shape
         except RuntimeError: ok = False
-        if not ok: raise ValueError(f'a mask of shape {tuple(mask.shape)} does not broadcast to the scores [..., Lq, Lk] = {tuple(shape)}; '
-                                    'a key padding mask [n, Lk] needs [:, None, :] (or [:, None, None, :] with a heads dimension)')
+        if not ok:
+            raise ValueError(f'a mask of shape {tuple(mask.shape)} does not broadcast to the scores '
+                             f'[..., Lq, Lk] = {tuple(shape)}; '
+                             'a key padding mask [n, Lk] needs [:, None, :] '
+                             '(or [:, None, None, :] with a heads dimension)')
     if causal:
         tri = torch.ones(shape[-2:], dtype=torch.bool, device=device).tril()
         mask = tri if mask is None else mask & tri
     return mask
 
+# %% ../nbs/23_attention.ipynb #f4de7aee
 def attention_weights(q:torch.Tensor, # queries [..., Lq, d]
                       k:torch.Tensor, # keys [..., Lk, d]
-                      mask:torch.Tensor|None=None, # bool, broadcastable to [..., Lq, Lk]: True = this query may attend to this key
+                      # bool, broadcastable to [..., Lq, Lk]: True = this query may attend to this key
+                      mask:torch.Tensor|None=None,
                       causal:bool=False, # also hide every key after the query's position (query i keeps keys 0..i)
                      )->torch.Tensor:
-    "`softmax(q k^T / sqrt(d))` over the keys the masks keep: [..., Lq, Lk]; a query with no key left gets all-zero weights."
+    ("`softmax(q k^T / sqrt(d))` over the keys the masks keep: [..., Lq, Lk]; "
+     "a query with no key left gets all-zero weights.")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f'queries and keys must have the same last dimension (the dot product runs over it), got {q.shape[-1]} and {k.shape[-1]}')
+        raise ValueError('queries and keys must have the same last dimension (the dot product runs over it), '
+                         f'got {q.shape[-1]} and {k.shape[-1]}')
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     keep = _keep_mask(mask, causal, scores.shape, scores.device)
     if keep is None: return scores.softmax(-1)
     has_key = keep.any(-1, keepdim=True)
-    scores = scores.masked_fill(~(keep | ~has_key), float('-inf'))   # a query with no key keeps finite scores: no NaN, forward or backward
+    # a query with no key keeps finite scores: no NaN, forward or backward
+    scores = scores.masked_fill(~(keep | ~has_key), float('-inf'))
     return scores.softmax(-1) * has_key
 
 def attention(q:torch.Tensor, # queries [..., Lq, d]
               k:torch.Tensor, # keys [..., Lk, d]
               v:torch.Tensor, # values [..., Lk, dv]
-              mask:torch.Tensor|None=None, # bool, broadcastable to [..., Lq, Lk]: True = this query may attend to this key
+              # bool, broadcastable to [..., Lq, Lk]: True = this query may attend to this key
+              mask:torch.Tensor|None=None,
               causal:bool=False, # also hide every key after the query's position (query i keeps keys 0..i)
              )->torch.Tensor:
-    "Scaled dot-product attention by hand, `attention_weights(q, k, mask, causal) @ v`: [..., Lq, dv]; a query with no key left gets zeros."
-    if k.shape[-2] != v.shape[-2]: raise ValueError(f'keys and values come in pairs: got {k.shape[-2]} keys and {v.shape[-2]} values')
+    ("Scaled dot-product attention by hand, `attention_weights(q, k, mask, causal) @ v`: [..., Lq, dv]; "
+     "a query with no key left gets zeros.")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f'keys and values come in pairs: got {k.shape[-2]} keys and {v.shape[-2]} values')
     return attention_weights(q, k, mask, causal) @ v
 
 # %% ../nbs/23_attention.ipynb #92a0dce4
 class MultiHeadAttention(nn.Module):
-    "Multi-head attention: queries from `x`, keys and values from `context` (default `x`), `n_heads` heads, then an output projection."
+    ("Multi-head attention: queries from `x`, keys and values from `context` (default `x`), `n_heads` heads, "
+     "then an output projection.")
     def __init__(self,
                  d_model:int, # width of `x` and of the output
                  n_heads:int, # number of heads; each gets d_model // n_heads dimensions
@@ -69,25 +83,30 @@ class MultiHeadAttention(nn.Module):
                 ):
         super().__init__()
         if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f'd_model ({d_model}) must be a multiple of n_heads ({n_heads}): the heads split its dimensions evenly')
+            raise ValueError(f'd_model ({d_model}) must be a multiple of n_heads ({n_heads}): '
+                             'the heads split its dimensions evenly')
         self.d_model, self.n_heads, self.d_context = d_model, n_heads, d_context or d_model
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(self.d_context, d_model, bias=bias)
         self.v_proj = nn.Linear(self.d_context, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _heads(self, t): return t.view(*t.shape[:2], self.n_heads, -1).transpose(1, 2)   # [n, L, d] -> [n, heads, L, d/heads]
+    def _heads(self, t):   # [n, L, d] -> [n, heads, L, d/heads]
+        return t.view(*t.shape[:2], self.n_heads, -1).transpose(1, 2)
 
     def _project(self, x, context, mask):
         "Checked inputs as per-head queries, keys and values, and the mask as [n, 1, 1, Lk]."
         context = x if context is None else context
-        if x.ndim != 3 or x.shape[-1] != self.d_model: raise ValueError(f'x must be [batch, length, d_model={self.d_model}], got {tuple(x.shape)}')
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f'x must be [batch, length, d_model={self.d_model}], got {tuple(x.shape)}')
         if context.ndim != 3 or context.shape[-1] != self.d_context or len(context) != len(x):
-            raise ValueError(f'context must be [batch={len(x)}, length, d_context={self.d_context}], got {tuple(context.shape)}')
+            raise ValueError(f'context must be [batch={len(x)}, length, d_context={self.d_context}], '
+                             f'got {tuple(context.shape)}')
         if mask is not None:
             _check_bool_mask(mask)
             if mask.shape != context.shape[:2]:
-                raise ValueError(f'mask must be [batch, context length] = {tuple(context.shape[:2])}, True for real tokens; got {tuple(mask.shape)}')
+                raise ValueError(f'mask must be [batch, context length] = {tuple(context.shape[:2])}, '
+                                 f'True for real tokens; got {tuple(mask.shape)}')
             mask = mask[:, None, None, :]
         return self._heads(self.q_proj(x)), self._heads(self.k_proj(context)), self._heads(self.v_proj(context)), mask
 
@@ -116,7 +135,8 @@ class MultiHeadAttention(nn.Module):
 
 # %% ../nbs/23_attention.ipynb #eb07a83e
 class TransformerBlock(nn.Module):
-    "Pre-norm transformer block: `x + attn(LN(x))`, then `x + MLP(LN(x))` with a GELU MLP of width `mlp_ratio * d_model`."
+    ("Pre-norm transformer block: `x + attn(LN(x))`, then `x + MLP(LN(x))` "
+     "with a GELU MLP of width `mlp_ratio * d_model`.")
     def __init__(self,
                  d_model:int, # width of the token features
                  n_heads:int, # attention heads (must divide d_model)
@@ -125,7 +145,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(d_model), MultiHeadAttention(d_model, n_heads)
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(), nn.Linear(mlp_ratio * d_model, d_model))
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d_model, d_model))
 
     def forward(self,
                 x:torch.Tensor, # token features [n, L, d_model]
@@ -143,13 +164,15 @@ def masked_mean(x:torch.Tensor, # features [n, L, d]
     "Mean of `x` over the real tokens, [n, d]; 0 for a sequence without any."
     if mask is None: return x.mean(1)
     _check_bool_mask(mask)
-    if mask.shape != x.shape[:2]: raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}')
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}')
     m = mask[..., None].to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 # %% ../nbs/23_attention.ipynb #902e2503
 class TextEncoder(nn.Module):
-    "Token and learned position embeddings, `n_layers` pre-norm `TransformerBlock`s and a final LayerNorm: per-token features and their masked mean."
+    ("Token and learned position embeddings, `n_layers` pre-norm `TransformerBlock`s and a final LayerNorm: "
+     "per-token features and their masked mean.")
     def __init__(self,
                  vocab_size:int, # number of token ids
                  max_len:int, # longest sequence it accepts (one position embedding each)
@@ -159,7 +182,9 @@ class TextEncoder(nn.Module):
                  mlp_ratio:int=4, # the MLPs' hidden width, as a multiple of d_model
                 ):
         super().__init__()
-        if d_model % n_heads: raise ValueError(f'd_model ({d_model}) must be a multiple of n_heads ({n_heads}): the heads split its dimensions evenly')
+        if d_model % n_heads:
+            raise ValueError(f'd_model ({d_model}) must be a multiple of n_heads ({n_heads}): '
+                             'the heads split its dimensions evenly')
         self.vocab_size, self.max_len = vocab_size, max_len
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Parameter(torch.randn(max_len, d_model) * 0.01)
@@ -171,11 +196,16 @@ class TextEncoder(nn.Module):
                 ids:torch.Tensor, # token ids [n, L], L <= max_len
                 mask:torch.Tensor|None=None, # bool [n, L], True = a real token (None: all are)
                )->tuple:
-        "`(features [n, L, d_model], pooled [n, d_model])`; padding changes neither the real tokens' features nor the pooled vector."
-        if ids.ndim != 2 or ids.is_floating_point(): raise ValueError(f'ids must be integer token ids [batch, length], got {ids.dtype} {tuple(ids.shape)}')
-        if ids.shape[1] > self.max_len: raise ValueError(f'sequences of {ids.shape[1]} tokens are longer than max_len={self.max_len}: truncate them or build the encoder with a larger max_len')
+        ("`(features [n, L, d_model], pooled [n, d_model])`; "
+         "padding changes neither the real tokens' features nor the pooled vector.")
+        if ids.ndim != 2 or ids.is_floating_point():
+            raise ValueError(f'ids must be integer token ids [batch, length], got {ids.dtype} {tuple(ids.shape)}')
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f'sequences of {ids.shape[1]} tokens are longer than max_len={self.max_len}: '
+                             'truncate them or build the encoder with a larger max_len')
         if ids.numel() and not 0 <= ids.min() <= ids.max() < self.vocab_size:
-            raise ValueError(f'token ids must be in [0, {self.vocab_size}), got {ids.min().item()}..{ids.max().item()}')
+            raise ValueError(f'token ids must be in [0, {self.vocab_size}), '
+                             f'got {ids.min().item()}..{ids.max().item()}')
         x = self.tok_emb(ids) + self.pos_emb[:ids.shape[1]]
         for block in self.blocks: x = block(x, mask)
         x = self.norm(x)
@@ -183,7 +213,8 @@ class TextEncoder(nn.Module):
 
 # %% ../nbs/23_attention.ipynb #7d5568c7
 class CrossAttention2d(nn.Module):
-    "Every pixel of a feature map [n, c, h, w] attends to a token sequence [n, L, d_context]: LayerNorm, multi-head cross-attention, residual."
+    ("Every pixel of a feature map [n, c, h, w] attends to a token sequence [n, L, d_context]: "
+     "LayerNorm, multi-head cross-attention, residual.")
     def __init__(self,
                  channels:int, # channels of the feature map (the queries' width)
                  d_context:int, # width of the token features
@@ -201,7 +232,8 @@ class CrossAttention2d(nn.Module):
                 mask:torch.Tensor|None=None, # bool [n, L], True = a real token
                )->torch.Tensor:
         "[n, channels, h, w]: `x` plus what each pixel read from the tokens."
-        if x.ndim != 4: raise ValueError(f'x must be a feature map [batch, channels, height, width], got {tuple(x.shape)}')
+        if x.ndim != 4:
+            raise ValueError(f'x must be a feature map [batch, channels, height, width], got {tuple(x.shape)}')
         n, c, h, w = x.shape
         pixels = x.flatten(2).transpose(1, 2)   # [n, h*w, c]: one query per pixel
         read = self.attn(self.norm(pixels), context, mask)

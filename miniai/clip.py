@@ -20,20 +20,25 @@ from .store import file_lock, load_model, models_dir, save_model
 from .resnet import ResNet
 from .attention import TextEncoder
 from .karras import LossLogCB
-from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, Tokenizer, all_captions, attribute_words, caption_tokenizer,
-                         captions_for, drop_held_out, omit_words, pixel_measures, tercile_codes, tercile_thresholds, TEMPLATES)
+from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, Tokenizer, all_captions, attribute_words,
+                         caption_tokenizer, captions_for, drop_held_out, omit_words, pixel_measures, tercile_codes,
+                         tercile_thresholds, TEMPLATES)
 
 # %% ../nbs/24_clip.ipynb #c2400008
 def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image i against every caption of the batch
-              keys:torch.Tensor|None=None, # [n] content of each pair (equal keys: the captions say the same); None: all different
+              # [n] content of each pair (equal keys: the captions say the same); None: all different
+              keys:torch.Tensor|None=None,
              )->torch.Tensor:
-    "Symmetric contrastive loss: cross-entropy of each image over the captions and of each caption over the images, against soft targets spread evenly over all the true pairs."
+    ("Symmetric contrastive loss: cross-entropy of each image over the captions "
+     "and of each caption over the images, against soft targets spread evenly over all the true pairs.")
     if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-        raise ValueError(f'logits must be a square [n, n] matrix of image-caption similarities, got {tuple(logits.shape)}')
+        raise ValueError('logits must be a square [n, n] matrix of image-caption similarities, '
+                         f'got {tuple(logits.shape)}')
     n = len(logits)
     if keys is None: target = torch.eye(n, device=logits.device, dtype=logits.dtype)
     else:
-        if keys.shape != (n,): raise ValueError(f'keys must be [n] = [{n}], one per image-caption pair, got {tuple(keys.shape)}')
+        if keys.shape != (n,):
+            raise ValueError(f'keys must be [n] = [{n}], one per image-caption pair, got {tuple(keys.shape)}')
         target = (keys[:, None] == keys[None]).to(logits.dtype)
     target = target / target.sum(1, keepdim=True)   # symmetric, so its rows are also the caption->image targets
     i2t = -(target * logits.log_softmax(1)).sum(1).mean()
@@ -42,7 +47,8 @@ def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image 
 
 # %% ../nbs/24_clip.ipynb #c2400015
 class CLIPModel(nn.Module):
-    "An image encoder and a text encoder into one `d_emb`-dimensional space, L2-normalised, and a learned temperature; `model(images, ids, mask)` gives the scaled similarities."
+    ("An image encoder and a text encoder into one `d_emb`-dimensional space, L2-normalised, "
+     "and a learned temperature; `model(images, ids, mask)` gives the scaled similarities.")
     def __init__(self,
                  vocab_size:int, # token ids the text encoder accepts (the tokenizer's `len`)
                  max_len:int=16, # longest caption in tokens, `<bos>` and `<eos>` included
@@ -55,10 +61,11 @@ class CLIPModel(nn.Module):
                  max_scale:float=100., # largest `1/temperature` allowed (CLIP's clamp)
                 ):
         super().__init__()
-        self.config = dict(vocab_size=vocab_size, max_len=max_len, d_emb=d_emb, nfs=list(nfs), d_model=d_model, n_heads=n_heads,
-                           n_layers=n_layers, temperature=temperature, max_scale=max_scale)
+        self.config = dict(vocab_size=vocab_size, max_len=max_len, d_emb=d_emb, nfs=list(nfs), d_model=d_model,
+                           n_heads=n_heads, n_layers=n_layers, temperature=temperature, max_scale=max_scale)
         if not (temperature > 0 and 1 / temperature <= max_scale):
-            raise ValueError(f'need 0 < temperature and 1/temperature <= max_scale, got temperature={temperature}, max_scale={max_scale}')
+            raise ValueError('need 0 < temperature and 1/temperature <= max_scale, '
+                             f'got temperature={temperature}, max_scale={max_scale}')
         self.image_encoder = ResNet(tuple(nfs), n_out=d_emb)   # its final Linear is the image projection
         self.text_encoder = TextEncoder(vocab_size, max_len, d_model, n_heads, n_layers)
         self.text_proj = nn.Linear(d_model, d_emb, bias=False)
@@ -72,41 +79,52 @@ class CLIPModel(nn.Module):
 
     def encode_image(self, images:torch.Tensor)->torch.Tensor:
         "Unit-length embeddings [n, d_emb] of images [n, 1, h, w]."
-        if images.ndim != 4 or images.shape[1] != 1: raise ValueError(f'images must be [n, 1, height, width], got {tuple(images.shape)}')
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f'images must be [n, 1, height, width], got {tuple(images.shape)}')
         return F.normalize(self.image_encoder(images), dim=-1)
 
     def encode_text(self, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
-        "Unit-length embeddings [n, d_emb] of token ids [n, L] with their mask (True at real tokens), as a `Tokenizer` returns them."
+        ("Unit-length embeddings [n, d_emb] of token ids [n, L] with their mask (True at real tokens), "
+         "as a `Tokenizer` returns them.")
         return F.normalize(self.text_proj(self.text_encoder(ids, mask)[1]), dim=-1)
 
     def forward(self, images:torch.Tensor, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
         "[n, n] scaled cosine similarities of every image (rows) with every caption (columns) of a batch of pairs."
-        if len(images) != len(ids): raise ValueError(f'{len(images)} images but {len(ids)} captions: a batch holds image-caption pairs')
+        if len(images) != len(ids):
+            raise ValueError(f'{len(images)} images but {len(ids)} captions: a batch holds image-caption pairs')
         return self.scale * self.encode_image(images) @ self.encode_text(ids, mask).T
 
 # %% ../nbs/24_clip.ipynb #c2400025
 def fashion_thresholds(verbose:bool=False, # print where the data came from
                       )->torch.Tensor:
-    "Lesson 22's terciles [10, 2, 2] of brightness and area per class, measured on the whole Fashion-MNIST training split."
+    ("Lesson 22's terciles [10, 2, 2] of brightness and area per class, "
+     "measured on the whole Fashion-MNIST training split.")
     from miniai.fashion import load_fashion
     (x, y), _ = load_fashion(verbose=verbose)
     return tercile_thresholds(pixel_measures(x), y)
 
 # %% ../nbs/24_clip.ipynb #c2400027
 class CaptionCB(Callback):
-    "Turns each batch `(images, labels)` into `(images, ids, mask, keys)`: a random caption per image, true to its class and measured attributes (held-out words dropped, each other word left out with probability `p_omit`), tokenized; equal keys for captions with the same content."
+    ("Turns each batch `(images, labels)` into `(images, ids, mask, keys)`: a random caption per image, "
+     "true to its class and measured attributes (held-out words dropped, each other word left out "
+     "with probability `p_omit`), tokenized; equal keys for captions with the same content.")
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
     def __init__(self,
                  tokenizer:Tokenizer, # turns the captions into ids and masks
                  thresholds:torch.Tensor, # [10, 2, 2] terciles of the training set, from `tercile_thresholds`
                  held_out=HELD_OUT, # (class name, attribute word) pairs never captioned together
-                 generator:torch.Generator|None=None, # source of the captions' templates, nouns and omissions (None: PyTorch's global one)
+                 # source of the captions' templates, nouns and omissions (None: PyTorch's global one)
+                 generator:torch.Generator|None=None,
                  p_omit:float=0.5, # probability of leaving out each attribute word (lesson 22's `omit_words`)
-                ): self.tokenizer, self.thresholds, self.held_out, self.generator, self.p_omit = tokenizer, thresholds, held_out, generator, p_omit
+                ):
+        self.tokenizer, self.thresholds, self.held_out, self.generator, self.p_omit = (
+            tokenizer, thresholds, held_out, generator, p_omit)
     def captions(self, images:torch.Tensor, labels:torch.Tensor)->tuple:
         "The batch's random captions and their content keys: images in [-1, 1] with a background of -1."
-        codes = tercile_codes(pixel_measures(((images.detach().cpu() + 1) / 2).clamp(0, 1)), labels.cpu(), self.thresholds)
-        content = [(l, omit_words(drop_held_out(l, attribute_words(c), self.held_out), self.p_omit, self.generator)) for l, c in zip(labels.tolist(), codes.tolist())]
+        codes = tercile_codes(pixel_measures(((images.detach().cpu() + 1) / 2).clamp(0, 1)), labels.cpu(),
+                              self.thresholds)
+        content = [(l, omit_words(drop_held_out(l, attribute_words(c), self.held_out), self.p_omit, self.generator))
+                   for l, c in zip(labels.tolist(), codes.tolist())]
         key_of = {k: i for i, k in enumerate(dict.fromkeys(content))}
         return [captions_for(l, w, self.generator) for l, w in content], torch.tensor([key_of[k] for k in content])
     def before_batch(self, learn):
@@ -127,13 +145,15 @@ def train_clip(model:CLIPModel, # the two encoders and the temperature
                p_omit:float=0.5, # probability that a caption leaves out each attribute word
                cbs:list=(), # extra callbacks
               )->Learner:
-    "Train `model` with `clip_loss` on `CaptionCB` batches (AdamW, one cycle, channels-last; no validation pass); the `Learner`'s `log` holds the losses and seconds."
+    ("Train `model` with `clip_loss` on `CaptionCB` batches (AdamW, one cycle, channels-last; no validation pass); "
+     "the `Learner`'s `log` holds the losses and seconds.")
     if len(tokenizer) != model.config['vocab_size']:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder {model.config['vocab_size']}: build the model with CLIPModel(len(tokenizer))")
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder "
+                         f"{model.config['vocab_size']}: build the model with CLIPModel(len(tokenizer))")
     log = LossLogCB()
     learn = Learner(model, dls, clip_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), CaptionCB(tokenizer, thresholds, generator=generator, p_omit=p_omit), ChannelsLastCB(), TrainCB(n_inp=3),
-                         OneCycleCB(lr), log, *cbs])
+                    cbs=[DeviceCB(), CaptionCB(tokenizer, thresholds, generator=generator, p_omit=p_omit),
+                         ChannelsLastCB(), TrainCB(n_inp=3), OneCycleCB(lr), log, *cbs])
     learn.log = log
     learn.fit(epochs, valid=False)
     return learn
@@ -142,9 +162,12 @@ def train_clip(model:CLIPModel, # the two encoders and the temperature
 def class_prompts(attrs=(), # attribute words to put before each class's noun, e.g. `('dark',)`
                   template:int=0, # which of lesson 22's `TEMPLATES` (0: 'a photo of {a} {adj} {noun}')
                  )->list:
-    "One prompt per class in `FASHION_CLASSES` order, each with its class's plain name: 'a photo of a t-shirt', 'a photo of trousers', ..."
-    if not 0 <= template < len(TEMPLATES): raise ValueError(f'template must be 0 to {len(TEMPLATES) - 1} (an index into TEMPLATES), got {template}')
-    return [all_captions(c, attrs)[template * len(CLASS_NOUNS[c])] for c in range(len(CLASS_NOUNS))]   # template-major, plain noun first
+    ("One prompt per class in `FASHION_CLASSES` order, each with its class's plain name: "
+     "'a photo of a t-shirt', 'a photo of trousers', ...")
+    if not 0 <= template < len(TEMPLATES):
+        raise ValueError(f'template must be 0 to {len(TEMPLATES) - 1} (an index into TEMPLATES), got {template}')
+    # template-major, plain noun first
+    return [all_captions(c, attrs)[template * len(CLASS_NOUNS[c])] for c in range(len(CLASS_NOUNS))]
 
 # %% ../nbs/24_clip.ipynb #c2400038
 @torch.no_grad()
@@ -155,7 +178,8 @@ def similarity(model:CLIPModel, # trained encoders (`encode_image`, `encode_text
                batch_size:int=500, # images encoded at once
               )->torch.Tensor:
     "Cosine similarity [n, len(prompts)] of every image with every prompt."
-    if isinstance(prompts, str) or not len(prompts): raise ValueError(f'prompts must be a non-empty list of texts, got {prompts!r}')
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError(f'prompts must be a non-empty list of texts, got {prompts!r}')
     model.eval()
     device = next(model.parameters()).device
     ids, mask = tokenizer(list(prompts))
@@ -178,7 +202,8 @@ def attribute_choice(model:CLIPModel, # trained encoders
                      labels:torch.Tensor, # [n] class of each image (the choice is made given the class)
                      measure:int, # 0: dark or light, 1: small or large (`ATTRIBUTE_WORDS`)
                     )->torch.Tensor:
-    "For each image, which of its class's two prompts 'a photo of a {low} {noun}' and 'a photo of a {high} {noun}' it is closer to: -1 or 1, int8 [n]."
+    ("For each image, which of its class's two prompts "
+     "'a photo of a {low} {noun}' and 'a photo of a {high} {noun}' it is closer to: -1 or 1, int8 [n].")
     if measure not in (0, 1): raise ValueError(f'measure must be 0 (dark/light) or 1 (small/large), got {measure!r}')
     if len(labels) != len(images): raise ValueError(f'{len(images)} images but {len(labels)} labels')
     low, high = ATTRIBUTE_WORDS[measure]
@@ -192,53 +217,71 @@ def save_clip(model:CLIPModel, # the trained model
               path:str|Path, # weights file to write; the record goes beside it, as `.json`
               record:dict|None=None, # facts about the training to keep with it (epochs, seconds, losses...)
              )->Path:
-    "Save `model`'s weights with `save_model` and, beside them, a JSON record of its configuration, the tokenizer's vocabulary and `record`."
+    ("Save `model`'s weights with `save_model` and, beside them, a JSON record of its configuration, "
+     "the tokenizer's vocabulary and `record`.")
     path = Path(path)
     save_model(model, path)
-    path.with_suffix('.json').write_text(json.dumps(dict(record or {}, config=model.config, vocab=tokenizer.itos, max_len=tokenizer.max_len)))
+    path.with_suffix('.json').write_text(json.dumps(dict(record or {}, config=model.config, vocab=tokenizer.itos,
+                                                         max_len=tokenizer.max_len)))
     return path
 
 # %% ../nbs/24_clip.ipynb #c2400049
 def load_clip(path:str|Path, # weights file written by `save_clip`
              )->tuple:
-    "`(model, tokenizer, record)` from `save_clip`'s two files: the model rebuilt from its configuration, the tokenizer from its vocabulary."
+    ("`(model, tokenizer, record)` from `save_clip`'s two files: the model rebuilt from its configuration, "
+     "the tokenizer from its vocabulary.")
     path = Path(path)
     rec_path = path.with_suffix('.json')
     if not path.is_file() or not rec_path.is_file():
-        raise FileNotFoundError(f'{path.name} and {rec_path.name} must both be in {path.parent.name or "."}: save a model with save_clip (or train one with trained_clip)')
+        raise FileNotFoundError(f'{path.name} and {rec_path.name} must both be in {path.parent.name or "."}: '
+                                'save a model with save_clip (or train one with trained_clip)')
     try: record = json.loads(rec_path.read_text())
-    except ValueError as e: raise ValueError(f'{rec_path.name} is not valid JSON ({e}): delete both files and train again') from e
-    if not {'config', 'vocab', 'max_len'} <= set(record): raise ValueError(f'{rec_path.name} lacks the model configuration or the vocabulary: it was not written by save_clip')
+    except ValueError as e:
+        raise ValueError(f'{rec_path.name} is not valid JSON ({e}): delete both files and train again') from e
+    if not {'config', 'vocab', 'max_len'} <= set(record):
+        raise ValueError(f'{rec_path.name} lacks the model configuration or the vocabulary: '
+                         'it was not written by save_clip')
     tokenizer = Tokenizer(record['vocab'], record['max_len'])
-    if tokenizer.itos != record['vocab']: raise ValueError(f'{rec_path.name}: the saved vocabulary does not start with the special tokens, so its ids would shift')
+    if tokenizer.itos != record['vocab']:
+        raise ValueError(f'{rec_path.name}: the saved vocabulary does not start with the special tokens, '
+                         'so its ids would shift')
     model = CLIPModel(**record['config'])
-    if len(tokenizer) != model.config['vocab_size']: raise ValueError(f"{rec_path.name}: {len(tokenizer)} words in the vocabulary but {model.config['vocab_size']} token embeddings")
+    if len(tokenizer) != model.config['vocab_size']:
+        raise ValueError(f"{rec_path.name}: {len(tokenizer)} words in the vocabulary but "
+                         f"{model.config['vocab_size']} token embeddings")
     load_model(model, path)
     return model.eval(), tokenizer, record
 
 # %% ../nbs/24_clip.ipynb #c2400052
 def trained_clip(epochs:int=2, # passes over the training images, if it has to train
                  batch_size:int=128, # image-caption pairs per batch, if it has to train
-                 p_omit:float=0.5, # probability that a training caption leaves out each attribute word, if it has to train
+                 # probability that a training caption leaves out each attribute word, if it has to train
+                 p_omit:float=0.5,
                  n_train:int|None=None, # train on the first `n_train` images only (None: all 60,000), for quick checks
                  verbose:bool=True, # say where the model came from
                 )->tuple:
-    "This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, or trained there with `train_clip` on Fashion-MNIST when missing."
+    ("This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, "
+     "or trained there with `train_clip` on Fashion-MNIST when missing.")
     from miniai.datasets import fashion32_dls
-    path = models_dir()/f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}{'' if n_train is None else f'_n{n_train}'}.pt"
+    path = models_dir()/(f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}"
+                         f"{'' if n_train is None else f'_n{n_train}'}.pt")
     with file_lock(path):
         if path.is_file() and path.with_suffix('.json').is_file():
             model, tokenizer, record = load_clip(path)
             if tokenizer.itos != caption_tokenizer(tokenizer.max_len).itos:
-                raise ValueError(f'{path.name} was trained on another vocabulary than caption_tokenizer() gives now: delete it and its .json to train again')
-            if verbose: print(f'the CLIP model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
+                raise ValueError(f'{path.name} was trained on another vocabulary '
+                                 'than caption_tokenizer() gives now: delete it and its .json to train again')
+            if verbose:
+                print(f'the CLIP model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
             return model, tokenizer, record
         if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_clip')
         tokenizer, thresholds = caption_tokenizer(), fashion_thresholds()
         torch.manual_seed(1)
         model = CLIPModel(len(tokenizer), tokenizer.max_len)
-        learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds, epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
-        record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3, p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
+        learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds,
+                           epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
+        record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3,
+                      p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
                       losses=learn.log.losses, scale=model.scale.item(), thresholds=thresholds.tolist())
         save_clip(model, tokenizer, path, record)
         return model.eval(), tokenizer, json.loads(path.with_suffix('.json').read_text())

@@ -20,7 +20,8 @@ from .store import file_lock, load_model, models_dir, save_model
 from .datasets import DataLoaders
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
-from .karras import KarrasDenoiser, LossLogCB, noisify_karras, sample_euler, sigmas_karras, _per_image, karras_scalings
+from .karras import (KarrasDenoiser, LossLogCB, noisify_karras, sample_euler, sigmas_karras, _per_image,
+                           karras_scalings)
 from .text import FashionCaptions, Tokenizer
 from .vae import VAE
 
@@ -31,8 +32,11 @@ def encode_latents(vae:VAE, # a trained VAE (lesson 21)
                    scale:float, # `latent_scale(vae, ...)`: makes the latents' standard deviation 1
                    batch_size:int=500, # images encoded at once
                   )->torch.Tensor:
-    "The scaled latent means `[n, n_latent, 8, 8]` of Fashion-MNIST images, padded to 32x32 in [-1, 1] as `fashion32_dls` makes them: computed once, cached by the caller."
-    if images.dtype != torch.uint8 or images.ndim != 3: raise ValueError(f'expected uint8 images [n, 28, 28] (load_fashion), got {images.dtype} {tuple(images.shape)}')
+    ("The scaled latent means `[n, n_latent, 8, 8]` of Fashion-MNIST images, padded to 32x32 in [-1, 1] "
+     "as `fashion32_dls` makes them: computed once, cached by the caller.")
+    if images.dtype != torch.uint8 or images.ndim != 3:
+        raise ValueError('expected uint8 images [n, 28, 28] (load_fashion), '
+                         f'got {images.dtype} {tuple(images.shape)}')
     vae.eval()
     device = next(vae.parameters()).device
     def to_32(xb): return F.pad(xb.float()[:, None] / 127.5 - 1, (2, 2, 2, 2), value=-1.)
@@ -45,12 +49,15 @@ def text_condition(clip:nn.Module, # a `CLIPModel` (lesson 24): its text encoder
                    prompts:list, # texts; '' is the empty caption, the unconditional one
                    device=None, # where the results go (default: the CLIP model's device)
                   )->tuple:
-    "`(context [n, L, d_model], mask [n, L], pooled [n, d_emb])` of `prompts`: the text encoder's per-token features, their mask, and the CLIP embedding; L is the longest prompt's length."
-    if isinstance(prompts, str) or not len(prompts): raise ValueError(f'prompts must be a non-empty list of texts, got {prompts!r}')
+    ("`(context [n, L, d_model], mask [n, L], pooled [n, d_emb])` of `prompts`: "
+     "the text encoder's per-token features, their mask, and the CLIP embedding; L is the longest prompt's length.")
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError(f'prompts must be a non-empty list of texts, got {prompts!r}')
     clip.eval()
     cdev = next(clip.parameters()).device
     ids, mask = tokenizer(list(prompts))
-    L = int(mask.sum(1).max())   # every token after the longest prompt is padding: drop it (it changes nothing, lesson 23)
+    # every token after the longest prompt is padding: drop it (it changes nothing, lesson 23)
+    L = int(mask.sum(1).max())
     ids, mask = ids[:, :L].to(cdev), mask[:, :L].to(cdev)
     context, pooled = clip.text_encoder(ids, mask)
     pooled = F.normalize(clip.text_proj(pooled), dim=-1)
@@ -59,7 +66,9 @@ def text_condition(clip:nn.Module, # a `CLIPModel` (lesson 24): its text encoder
 
 # %% ../nbs/25_cond_unet.ipynb #2add4736
 class CondUNet(UNet):
-    "Lesson 16's `UNet` conditioned on text: cross-attention to the caption's token features at the low resolutions, and the pooled text embedding added to the time embedding (so every block's scale and shift sees it)."
+    ("Lesson 16's `UNet` conditioned on text: cross-attention to the caption's token features "
+     "at the low resolutions, and the pooled text embedding added to the time embedding "
+     "(so every block's scale and shift sees it).")
     def __init__(self,
                  in_ch:int=4, # channels of the latents
                  out_ch:int=4, # channels of the output
@@ -71,10 +80,14 @@ class CondUNet(UNet):
                  n_heads:int=4, # attention heads (must divide the channels of the levels with attention)
                 ):
         super().__init__(in_ch, out_ch, nfs, n_layers)
-        if not 0 <= attn_from <= len(nfs): raise ValueError(f'attn_from must be a level from 0 to {len(nfs)} (= no cross-attention), got {attn_from}')
-        self.config = dict(in_ch=in_ch, out_ch=out_ch, nfs=list(nfs), n_layers=n_layers, d_context=d_context, d_pooled=d_pooled,
-                           attn_from=attn_from, n_heads=n_heads)
-        def xattns(level, nf, n): return nn.ModuleList(CrossAttention2d(nf, d_context, n_heads) for _ in range(n if level >= attn_from else 0))
+        if not 0 <= attn_from <= len(nfs):
+            raise ValueError(f'attn_from must be a level from 0 to {len(nfs)} (= no cross-attention), '
+                             f'got {attn_from}')
+        self.config = dict(in_ch=in_ch, out_ch=out_ch, nfs=list(nfs), n_layers=n_layers, d_context=d_context,
+                           d_pooled=d_pooled, attn_from=attn_from, n_heads=n_heads)
+        def xattns(level, nf, n):
+            return nn.ModuleList(CrossAttention2d(nf, d_context, n_heads)
+                                 for _ in range(n if level >= attn_from else 0))
         self.cond_proj = nn.Linear(d_pooled, 4 * nfs[0])   # the pooled text, in the time embedding's space
         self.down_attns = nn.ModuleList(xattns(i, nf, n_layers) for i, nf in enumerate(nfs))
         self.mid_attn = CrossAttention2d(nfs[-1], d_context, n_heads) if attn_from < len(nfs) else None
@@ -90,13 +103,17 @@ class CondUNet(UNet):
         "[n, out_ch, h, w]"
         m = 2 ** (len(self.downs) - 1)
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, got {tuple(x.shape[-2:])}')
-        if context.ndim != 3 or len(context) != len(x): raise ValueError(f'context must be [n={len(x)}, length, d_context], got {tuple(context.shape)}')
+            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
+                             f'got {tuple(x.shape[-2:])}')
+        if context.ndim != 3 or len(context) != len(x):
+            raise ValueError(f'context must be [n={len(x)}, length, d_context], got {tuple(context.shape)}')
         if pooled.shape != (len(x), self.cond_proj.in_features):
-            raise ValueError(f'pooled must be [n, d_pooled] = {(len(x), self.cond_proj.in_features)}, got {tuple(pooled.shape)}')
+            raise ValueError(f'pooled must be [n, d_pooled] = {(len(x), self.cond_proj.in_features)}, '
+                             f'got {tuple(pooled.shape)}')
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0: t = t.expand(len(x))
-        emb = self.emb_mlp(timestep_embedding(t, self.n_temb)) + self.cond_proj(pooled)   # FiLM: every EmbResBlock turns this into scale and shift
+        # FiLM: every EmbResBlock turns this into scale and shift
+        emb = self.emb_mlp(timestep_embedding(t, self.n_temb)) + self.cond_proj(pooled)
         x = self.conv_in(x)
         saved = [x]
         for d, attns in zip(self.downs, self.down_attns):
@@ -119,24 +136,30 @@ def caption_dropout(captions:list, # the batch's captions
                     p:float=0.15, # probability that a caption is replaced by the empty caption ''
                     generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
                    )->list:
-    "The captions with each replaced by '' with probability `p`: the model learns the unconditional prediction from the same network."
+    ("The captions with each replaced by '' with probability `p`: "
+     "the model learns the unconditional prediction from the same network.")
     if not 0 <= p <= 1: raise ValueError(f'p must be a probability in [0, 1], got {p}')
     drop = torch.rand(len(captions), generator=generator) < p
     return ['' if d else c for c, d in zip(captions, drop.tolist())]
 
 # %% ../nbs/25_cond_unet.ipynb #8c36fbbe
 class CondDiffusionCB(Callback):
-    "Turns each batch `(latents, indices)` into `(c_in*x, c_noise, context, mask, pooled, target)`: a random caption per image (dropped to '' with probability `p_uncond`), encoded by the frozen text encoder, and `noisify_karras` noise."
+    ("Turns each batch `(latents, indices)` into `(c_in*x, c_noise, context, mask, pooled, target)`: "
+     "a random caption per image (dropped to '' with probability `p_uncond`), encoded by the frozen text encoder, "
+     "and `noisify_karras` noise.")
     order = DeviceCB.order + 0.5   # after the batch is on its device
     def __init__(self,
                  clip:nn.Module, # the CLIP model whose text encoder conditions the U-Net (frozen)
                  tokenizer:Tokenizer, # its tokenizer
-                 captions:FashionCaptions, # the training images' attributes: `captions.captions(indices)` draws a caption per image
+                 # the training images' attributes: `captions.captions(indices)` draws a caption per image
+                 captions:FashionCaptions,
                  p_uncond:float=0.15, # caption dropout rate
                  sigma_data:float=1., # standard deviation of the (scaled) latents
-                 p_mean:float=-0.5, # mean of log(sigma): lesson 20's -1.2 plus log(2), as the data's scale is twice lesson 20's
+                 # mean of log(sigma): lesson 20's -1.2 plus log(2), as the data's scale is twice lesson 20's
+                 p_mean:float=-0.5,
                  p_std:float=1.2, # standard deviation of log(sigma)
-                 generator:torch.Generator|None=None, # source of captions, dropout and noise (None: PyTorch's global one)
+                 # source of captions, dropout and noise (None: PyTorch's global one)
+                 generator:torch.Generator|None=None,
                 ):
         if not 0 <= p_uncond <= 1: raise ValueError(f'p_uncond must be a probability in [0, 1], got {p_uncond}')
         self.clip, self.tokenizer, self.captions, self.p_uncond = clip, tokenizer, captions, p_uncond
@@ -153,9 +176,11 @@ class CondDiffusionCB(Callback):
 def latent_dls(latents:torch.Tensor, # cached latents [n, c, h, w], from `encode_latents`
                batch_size:int=128, # latents per training batch
               )->DataLoaders:
-    "`DataLoaders` of `(latents, indices)` batches, shuffled: the index lets `CondDiffusionCB` caption each image. The `valid` loader is the same data, unshuffled."
+    ("`DataLoaders` of `(latents, indices)` batches, shuffled: the index lets `CondDiffusionCB` caption each image. "
+     "The `valid` loader is the same data, unshuffled.")
     ds = TensorDataset(latents, torch.arange(len(latents)))
-    return DataLoaders(DataLoader(ds, batch_size, shuffle=True, drop_last=len(latents) >= batch_size), DataLoader(ds, 2 * batch_size))
+    return DataLoaders(DataLoader(ds, batch_size, shuffle=True, drop_last=len(latents) >= batch_size),
+                       DataLoader(ds, 2 * batch_size))
 
 def train_cond_unet(model:CondUNet, # the network
                     dls:DataLoaders, # `latent_dls(...)`
@@ -169,31 +194,40 @@ def train_cond_unet(model:CondUNet, # the network
                     generator:torch.Generator|None=None, # source of captions, dropout and noise
                     cbs:list=(), # extra callbacks
                    )->Learner:
-    "Train `model` as Karras et al.'s `F` on text-conditioned latents (MSE on `CondDiffusionCB` batches; AdamW, one cycle; no validation pass); the `Learner`'s `log` holds losses and seconds."
-    if len(captions) != len(dls.train.dataset): raise ValueError(f'{len(captions):,} captioned images but {len(dls.train.dataset):,} latents: they must be the same images, in order')
+    ("Train `model` as Karras et al.'s `F` on text-conditioned latents (MSE on `CondDiffusionCB` batches; "
+     "AdamW, one cycle; no validation pass); the `Learner`'s `log` holds losses and seconds.")
+    if len(captions) != len(dls.train.dataset):
+        raise ValueError(f'{len(captions):,} captioned images but {len(dls.train.dataset):,} latents: '
+                         'they must be the same images, in order')
     log = LossLogCB()
     learn = Learner(model, dls, F.mse_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), CondDiffusionCB(clip, tokenizer, captions, p_uncond, sigma_data, generator=generator), TrainCB(n_inp=5),
-                         OneCycleCB(lr), log, *cbs])
+                    cbs=[DeviceCB(),
+                         CondDiffusionCB(clip, tokenizer, captions, p_uncond, sigma_data, generator=generator),
+                         TrainCB(n_inp=5), OneCycleCB(lr), log, *cbs])
     learn.log = log
     learn.fit(epochs, valid=False)
     return learn
 
 # %% ../nbs/25_cond_unet.ipynb #9c0ef928
 class CondKarrasDenoiser(KarrasDenoiser):
-    "Lesson 20's `KarrasDenoiser` with a condition: `D(x, sigma, context, mask, pooled) = c_skip*x + c_out*model(c_in*x, c_noise, context, mask, pooled)`."
+    ("Lesson 20's `KarrasDenoiser` with a condition: "
+     "`D(x, sigma, context, mask, pooled) = c_skip*x + c_out*model(c_in*x, c_noise, context, mask, pooled)`.")
     def forward(self, x, sigma, context, mask, pooled):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
         c_skip, c_out, c_in, c_noise = karras_scalings(sigma, self.sigma_data)
-        return _per_image(c_skip, x) * x + _per_image(c_out, x) * self.model(_per_image(c_in, x) * x, c_noise, context, mask, pooled)
+        return (_per_image(c_skip, x) * x
+                + _per_image(c_out, x) * self.model(_per_image(c_in, x) * x, c_noise, context, mask, pooled))
 
 # %% ../nbs/25_cond_unet.ipynb #6e2f234f
 def cfg_combine(uncond:torch.Tensor, # the unconditional prediction
                 cond:torch.Tensor, # the conditional prediction, same shape
-                scale:float, # guidance scale s: 0 is unconditional, 1 conditional, more pushes further from unconditional
+                # guidance scale s: 0 is unconditional, 1 conditional, more pushes further from unconditional
+                scale:float,
                )->torch.Tensor:
     "Classifier-free guidance: `uncond + scale * (cond - uncond)`."
-    if uncond.shape != cond.shape: raise ValueError(f'the two predictions must have the same shape, got {tuple(uncond.shape)} and {tuple(cond.shape)}')
+    if uncond.shape != cond.shape:
+        raise ValueError('the two predictions must have the same shape, '
+                         f'got {tuple(uncond.shape)} and {tuple(cond.shape)}')
     return uncond + scale * (cond - uncond)
 
 def _pad_tokens(context, mask, L):
@@ -202,7 +236,8 @@ def _pad_tokens(context, mask, L):
     return F.pad(context, (0, 0, 0, L - l)), F.pad(mask, (0, L - l), value=False)
 
 class GuidedDenoiser(nn.Module):
-    "A denoiser `D(x, sigma)` for lesson 20's samplers: the conditional and unconditional predictions of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine`."
+    ("A denoiser `D(x, sigma)` for lesson 20's samplers: the conditional and unconditional predictions "
+     "of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine`.")
     def __init__(self,
                  denoiser:CondKarrasDenoiser, # the conditioned denoiser
                  cond:tuple, # `text_condition(...)` of the prompts: one prompt for all images, or one per image
@@ -218,7 +253,8 @@ class GuidedDenoiser(nn.Module):
         L = max(c.shape[1], u.shape[1])
         (c, cm), (u, um) = _pad_tokens(c, cm, L), _pad_tokens(u, um, L)
         ex = lambda t: t.expand(n, *t.shape[1:])
-        both = self.denoiser(torch.cat([x, x]), sigma, torch.cat([ex(c), ex(u)]), torch.cat([ex(cm), ex(um)]), torch.cat([ex(cp), ex(up)]))
+        both = self.denoiser(torch.cat([x, x]), sigma, torch.cat([ex(c), ex(u)]), torch.cat([ex(cm), ex(um)]),
+                             torch.cat([ex(cp), ex(up)]))
         cond, uncond = both.chunk(2)
         return cfg_combine(uncond, cond, self.scale)
 
@@ -237,13 +273,16 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
              sigma_min:float=0.01, # the last nonzero noise level
              sigma_max:float=80., # the first noise level
             )->torch.Tensor:
-    "Images [n, 1, 32, 32] in [-1, 1] for `prompts`: latents from noise by `sampler` with `GuidedDenoiser`, decoded by the VAE."
+    ("Images [n, 1, 32, 32] in [-1, 1] for `prompts`: latents from noise by `sampler` with `GuidedDenoiser`, "
+     "decoded by the VAE.")
     if isinstance(prompts, str): prompts = [prompts]
-    guided = GuidedDenoiser(denoiser.eval(), text_condition(clip, tokenizer, prompts), text_condition(clip, tokenizer, ['']), guidance_scale)
+    guided = GuidedDenoiser(denoiser.eval(), text_condition(clip, tokenizer, prompts),
+                            text_condition(clip, tokenizer, ['']), guidance_scale)
     device, size = next(denoiser.parameters()).device, 32 // vae.factor
     sigmas = sigmas_karras(steps, sigma_min, sigma_max).to(device)
     x = sigma_max * torch.randn((len(prompts), vae.n_latent, size, size), generator=generator).to(device)
-    z = sampler(guided, x, sigmas, generator=generator)   # not `karras_sample`: it clamps to the images' range [-1, 1], and latents are not images
+    # not `karras_sample`: it clamps to the images' range [-1, 1], and latents are not images
+    z = sampler(guided, x, sigmas, generator=generator)
     vae.eval()
     return vae.decode(z.to(next(vae.parameters()).device) / scale).clamp(-1, 1).cpu()
 
@@ -259,31 +298,40 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       path:str|Path|None=None, # the weights' file; the record goes beside it as .json (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
-    "This lesson's `(CondKarrasDenoiser, record)`: loaded from `path`, or trained there with `train_cond_unet` (seed 1, `sigma_data` the latents' root mean square) when missing; the record holds the configuration, `sigma_data` and the latent scale."
+    ("This lesson's `(CondKarrasDenoiser, record)`: loaded from `path`, or trained there with `train_cond_unet` "
+     "(seed 1, `sigma_data` the latents' root mean square) when missing; "
+     "the record holds the configuration, `sigma_data` and the latent scale.")
     if path is None:
-        if captions is None: raise ValueError('captions are needed to name the default file (their p_omit is part of it): pass them, or pass path')
+        if captions is None:
+            raise ValueError('captions are needed to name the default file (their p_omit is part of it): '
+                             'pass them, or pass path')
         path = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}.pt'
     path = Path(path)
     rec_path = path.with_suffix('.json')
     with file_lock(path):
         if path.is_file() and rec_path.is_file():
             try: record = json.loads(rec_path.read_text())
-            except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
+            except ValueError as e:
+                raise ValueError(f'{rec_path.name} is not a training record ({e}); '
+                                 f'delete {path.name} and {rec_path.name} to train again') from e
             if not math.isclose(record.get('latent_scale', float('nan')), scale, rel_tol=1e-6):
-                raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, not {scale}: another VAE's latents; "
+                raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, "
+                                 f"not {scale}: another VAE's latents; "
                                  f'delete {path.name} and {rec_path.name} to train again, or pass its own path')
             model = CondUNet(**record['config'])
             try: load_model(model, path)
-            except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
+            except ValueError as e:
+                raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
             if verbose: print(f'the conditioned U-Net trained for {epochs} epoch(s), loaded from {path.name}')
             return CondKarrasDenoiser(model.eval(), record['sigma_data']), record
         if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_cond_unet')
         sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
         torch.manual_seed(1)
         model = CondUNet(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
-        learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr, sigma_data=sigma_data,
-                                generator=torch.Generator().manual_seed(1))
-        record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
+        learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr,
+                                sigma_data=sigma_data, generator=torch.Generator().manual_seed(1))
+        record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs,
+                      batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
                       steps=len(learn.log.losses), seconds=learn.log.seconds, losses=learn.log.losses)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(model, path)

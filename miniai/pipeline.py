@@ -22,7 +22,8 @@ from .cond_unet import CondUNet, CondKarrasDenoiser, generate, encode_latents
 def save_weights(model:nn.Module, # the model whose `state_dict` to save
                  path:str|Path, # the `.safetensors` file to write
                 )->Path:
-    "Save `model`'s parameters and buffers as a `safetensors` file (names, shapes and bytes, no code), atomically: the file appears only when complete."
+    ("Save `model`'s parameters and buffers as a `safetensors` file (names, shapes and bytes, no code), "
+     "atomically: the file appears only when complete.")
     from safetensors.torch import save
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -32,19 +33,26 @@ def save_weights(model:nn.Module, # the model whose `state_dict` to save
 def load_weights(model:nn.Module, # the model to load into, in place, built from the configuration the weights were saved with
                  path:str|Path, # a file written by `save_weights`
                 )->nn.Module:
-    "Load a `safetensors` file into `model`; a clear error if it is missing, is not a safetensors file, or holds other tensors than the model has."
+    ("Load a `safetensors` file into `model`; a clear error if it is missing, is not a safetensors file, "
+     "or holds other tensors than the model has.")
     from safetensors.torch import load
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'{path.name} is missing from the folder {path.parent.name or "."}: save the pipeline again with save_pretrained')
+    if not path.is_file():
+        raise FileNotFoundError(f'{path.name} is missing from the folder {path.parent.name or "."}: '
+                                'save the pipeline again with save_pretrained')
     try: state = load(path.read_bytes())
-    except Exception as e: raise ValueError(f'{path.name} is not a readable safetensors file ({type(e).__name__}: {e}): save the pipeline again') from e
-    return load_state(model, state, path.name, ' (the weights and model_index.json come from different models): save the pipeline again')
+    except Exception as e:
+        raise ValueError(f'{path.name} is not a readable safetensors file ({type(e).__name__}: {e}): '
+                         'save the pipeline again') from e
+    return load_state(model, state, path.name,
+                      ' (the weights and model_index.json come from different models): save the pipeline again')
 
 # %% ../nbs/26_text_to_image.ipynb #1ad17c93
 def check_prompts(prompt, # a text, or a list of texts
                   tokenizer:Tokenizer, # the text encoder's tokenizer
                  )->list:
-    "`prompt` as a non-empty list of texts, after checking that each is a string, uses only words the text encoder was trained on, and fits in its `max_len` tokens."
+    ("`prompt` as a non-empty list of texts, after checking that each is a string, "
+     "uses only words the text encoder was trained on, and fits in its `max_len` tokens.")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError(f'prompt must be a text or a non-empty list of texts, got {prompt!r}')
@@ -61,9 +69,11 @@ def check_prompts(prompt, # a text, or a list of texts
 def sample_dpmpp_2m(denoiser, # `denoiser(x, sigma)`: the clean images it estimates from `x` at noise level `sigma`
                     x:torch.Tensor, # the starting noise: `sigmas[0]` times a standard normal
                     sigmas:torch.Tensor, # decreasing noise levels ending in 0, e.g. `sigmas_karras`
-                    generator:torch.Generator|None=None, # unused (the sampler is deterministic); lesson 20's common signature
+                    # unused (the sampler is deterministic); lesson 20's common signature
+                    generator:torch.Generator|None=None,
                    )->torch.Tensor:
-    "DPM-Solver++(2M): lesson 20's Euler step with the denoised estimate extrapolated to the middle of the step (in log sigma) from the last two; one call per noise level."
+    ("DPM-Solver++(2M): lesson 20's Euler step with the denoised estimate extrapolated to the middle of the step "
+     "(in log sigma) from the last two; one call per noise level.")
     prev = None
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -71,7 +81,8 @@ def sample_dpmpp_2m(denoiser, # `denoiser(x, sigma)`: the clean images it estima
         if s_next == 0: return d   # the step to 0 lands on the estimate, as Euler's does
         if prev is None: d_mid = d   # the first step: Euler's
         else:
-            r = torch.log(sigmas[i - 1] / s) / torch.log(s / s_next)   # the last step's length over this one's, in log sigma
+            # the last step's length over this one's, in log sigma
+            r = torch.log(sigmas[i - 1] / s) / torch.log(s / s_next)
             d_mid = d + (d - prev) / (2 * r)
         x = (s_next / s) * x + (1 - s_next / s) * d_mid
         prev = d
@@ -79,14 +90,19 @@ def sample_dpmpp_2m(denoiser, # `denoiser(x, sigma)`: the clean images it estima
 
 # %% ../nbs/26_text_to_image.ipynb #f7cda067
 PIPELINE_FORMAT = 'miniai text-to-image pipeline, version 1'  # what `model_index.json` says it is
-PIPELINE_FILES = dict(vae='vae.safetensors', clip='clip.safetensors', unet='unet.safetensors')  # each model's weights in a pipeline folder
+# each model's weights in a pipeline folder
+PIPELINE_FILES = dict(vae='vae.safetensors', clip='clip.safetensors', unet='unet.safetensors')
 
 def _pipeline_folder(folder:Path)->bool:
-    "Whether `folder` holds nothing but what `save_pretrained` writes (empty, a pipeline, or one an older, interrupted save left)."
+    ("Whether `folder` holds nothing but what `save_pretrained` writes "
+     "(empty, a pipeline, or one an older, interrupted save left).")
     return {p.name for p in folder.iterdir()} <= {*PIPELINE_FILES.values(), 'model_index.json'}
 
+# %% ../nbs/26_text_to_image.ipynb #2942eaba
 class TextToImagePipeline:
-    "Text to image in the style of diffusers: `pipe(prompt, num_inference_steps=, guidance_scale=, generator=)` gives images [n, 1, 32, 32] in [0, 1], from a CLIP text encoder, a guided conditioned U-Net and a VAE decoder."
+    ("Text to image in the style of diffusers: "
+     "`pipe(prompt, num_inference_steps=, guidance_scale=, generator=)` gives images [n, 1, 32, 32] in [0, 1], "
+     "from a CLIP text encoder, a guided conditioned U-Net and a VAE decoder.")
     def __init__(self,
                  vae:VAE, # lesson 21's VAE: its decoder turns latents into images
                  clip:CLIPModel, # lesson 24's CLIP model: its text encoder conditions the U-Net
@@ -100,15 +116,19 @@ class TextToImagePipeline:
 
     def __repr__(self):
         n = lambda m: sum(p.numel() for p in m.parameters())
-        return (f'TextToImagePipeline(VAE {n(self.vae):,} parameters, text encoder {n(self.clip.text_encoder) + n(self.clip.text_proj):,}, '
+        return (f'TextToImagePipeline(VAE {n(self.vae):,} parameters, '
+                f'text encoder {n(self.clip.text_encoder) + n(self.clip.text_proj):,}, '
                 f'U-Net {n(self.denoiser):,}; {len(self.tokenizer)} tokens, latent scale {self.latent_scale:.4f})')
 
     @torch.no_grad()
     def __call__(self,
                  prompt, # a text or a list of texts; '' asks for no caption (the unconditional model)
-                 num_inference_steps:int=10, # noise levels the sampler visits (DPM-Solver++(2M): one guided U-Net call each)
-                 guidance_scale:float=2., # classifier-free guidance: 1 is the conditional model alone, 0 ignores the prompt
-                 generator:torch.Generator|None=None, # source of the starting noise: the same seed gives the same images
+                 # noise levels the sampler visits (DPM-Solver++(2M): one guided U-Net call each)
+                 num_inference_steps:int=10,
+                 # classifier-free guidance: 1 is the conditional model alone, 0 ignores the prompt
+                 guidance_scale:float=2.,
+                 # source of the starting noise: the same seed gives the same images
+                 generator:torch.Generator|None=None,
                  num_images_per_prompt:int=1, # images for each prompt, given together
                  sampler=sample_dpmpp_2m, # a sampler with lesson 20's signature
                  batch_size:int=500, # images sampled at once (bounds the memory)
@@ -119,25 +139,32 @@ class TextToImagePipeline:
             raise ValueError(f'num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}')
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise ValueError(f'guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}')
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f'num_images_per_prompt must be a whole number of at least 1, got {num_images_per_prompt!r}')
+        if (isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int)
+                or num_images_per_prompt < 1):
+            raise ValueError('num_images_per_prompt must be a whole number of at least 1, '
+                             f'got {num_images_per_prompt!r}')
         every = [p for p in prompts for _ in range(num_images_per_prompt)]
-        out = [generate(self.denoiser, self.clip, self.tokenizer, self.vae, self.latent_scale, every[i:i + batch_size], guidance_scale,
-                        num_inference_steps, generator, sampler) for i in range(0, len(every), batch_size)]
+        out = [generate(self.denoiser, self.clip, self.tokenizer, self.vae, self.latent_scale,
+                        every[i:i + batch_size], guidance_scale, num_inference_steps, generator, sampler)
+               for i in range(0, len(every), batch_size)]
         return (torch.cat(out) + 1) / 2
 
     def save_pretrained(self, folder:str|Path)->Path:
-        "Write the pipeline to `folder` whole: weights with `save_weights` and `model_index.json`, in a new folder that replaces the old one only when complete."
+        ("Write the pipeline to `folder` whole: weights with `save_weights` and `model_index.json`, "
+         "in a new folder that replaces the old one only when complete.")
         folder = Path(folder)
         if folder.is_dir() and not _pipeline_folder(folder):
-            raise FileExistsError(f'{folder.name} holds other files than a pipeline: not a pipeline folder; save into a new or empty folder')
-        index = dict(format=PIPELINE_FORMAT, vae=dict(in_ch=self.vae.in_ch, n_latent=self.vae.n_latent, nfs=list(self.vae.nfs)),
+            raise FileExistsError(f'{folder.name} holds other files than a pipeline: not a pipeline folder; '
+                                  'save into a new or empty folder')
+        index = dict(format=PIPELINE_FORMAT,
+                     vae=dict(in_ch=self.vae.in_ch, n_latent=self.vae.n_latent, nfs=list(self.vae.nfs)),
                      clip=self.clip.config, unet=self.denoiser.model.config,
                      tokenizer=dict(vocab=self.tokenizer.itos, max_len=self.tokenizer.max_len),
                      sigma_data=self.denoiser.sigma_data, latent_scale=self.latent_scale, record=self.record)
         try: text = json.dumps(index, indent=1, allow_nan=False)   # before anything is written
         except (TypeError, ValueError) as e:
-            raise TypeError(f'the pipeline\'s record can\'t be saved as JSON ({e}): keep numbers, strings, lists and dicts in it') from e
+            raise TypeError(f'the pipeline\'s record can\'t be saved as JSON ({e}): '
+                            'keep numbers, strings, lists and dicts in it') from e
         with atomic_folder(folder) as new:
             for name, model in (('vae', self.vae), ('clip', self.clip), ('unet', self.denoiser.model)):
                 save_weights(model, new/PIPELINE_FILES[name])
@@ -146,7 +173,8 @@ class TextToImagePipeline:
 
     @classmethod
     def from_pretrained(cls, folder:str|Path)->'TextToImagePipeline':
-        "The pipeline saved in `folder` by `save_pretrained`: each model rebuilt from `model_index.json`, then its weights loaded; clear errors for anything missing or corrupt."
+        ("The pipeline saved in `folder` by `save_pretrained`: each model rebuilt from `model_index.json`, "
+         "then its weights loaded; clear errors for anything missing or corrupt.")
         folder = Path(folder)
         with file_lock(folder):   # no save swaps the folder while we read it
             restore_folder(folder)
@@ -160,22 +188,29 @@ class TextToImagePipeline:
             raise FileNotFoundError(f'no model_index.json in {folder.name or "."}: not a pipeline folder; '
                                     'save one with save_pretrained, or build it with trained_pipeline()')
         try: index = json.loads(index_path.read_text())
-        except ValueError as e: raise ValueError(f'model_index.json in {folder.name} is not valid JSON ({e}): save the pipeline again') from e
+        except ValueError as e:
+            raise ValueError(f'model_index.json in {folder.name} is not valid JSON ({e}): '
+                             'save the pipeline again') from e
         keys = {'format', 'vae', 'clip', 'unet', 'tokenizer', 'sigma_data', 'latent_scale'}
         if not isinstance(index, dict) or index.get('format') != PIPELINE_FORMAT or not keys <= set(index):
-            raise ValueError(f'model_index.json in {folder.name} was not written by save_pretrained (it needs {", ".join(sorted(keys))}): save the pipeline again')
+            raise ValueError(f'model_index.json in {folder.name} was not written by save_pretrained '
+                             f'(it needs {", ".join(sorted(keys))}): save the pipeline again')
         vae = load_weights(VAE(**index['vae']), folder/PIPELINE_FILES['vae'])
         clip = load_weights(CLIPModel(**index['clip']), folder/PIPELINE_FILES['clip'])
         unet = load_weights(CondUNet(**index['unet']), folder/PIPELINE_FILES['unet'])
         tokenizer = Tokenizer(index['tokenizer']['vocab'], index['tokenizer']['max_len'])
-        if len(tokenizer) != clip.config['vocab_size']: raise ValueError(f"model_index.json: {len(tokenizer)} tokens but a text encoder for {clip.config['vocab_size']}: save the pipeline again")
-        return cls(vae, clip, tokenizer, CondKarrasDenoiser(unet, index['sigma_data']), index['latent_scale'], index.get('record'))
+        if len(tokenizer) != clip.config['vocab_size']:
+            raise ValueError(f"model_index.json: {len(tokenizer)} tokens "
+                             f"but a text encoder for {clip.config['vocab_size']}: save the pipeline again")
+        return cls(vae, clip, tokenizer, CondKarrasDenoiser(unet, index['sigma_data']), index['latent_scale'],
+                   index.get('record'))
 
 # %% ../nbs/26_text_to_image.ipynb #f3ef0317
 def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: `models_dir()/'text_to_image'`)
                      verbose:bool=True, # say where the models came from
                     )->TextToImagePipeline:
-    "The course's text-to-image pipeline: loaded from `folder`, or assembled from lessons 21, 24 and 25's default models (each loaded, or trained when missing) and saved there."
+    ("The course's text-to-image pipeline: loaded from `folder`, or assembled from lessons 21, 24 and 25's "
+     "default models (each loaded, or trained when missing) and saved there.")
     from miniai.datasets import fashion32_dls
     from miniai.fashion import load_fashion
     from miniai.vae import trained_vae, latent_scale
@@ -190,8 +225,10 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
         scale = latent_scale(vae, fashion32_dls(500, verbose=False))
         clip, tokenizer, clip_record = trained_clip(verbose=verbose)
         (x, y), _ = load_fashion(verbose=False)
-        captions = FashionCaptions(x, y, fashion_thresholds(), p_omit=clip_record.get('p_omit', 0.5))   # the U-Net learns from captions like CLIP's
-        denoiser, unet_record = trained_cond_unet(encode_latents(vae, x, scale), captions, clip, tokenizer, scale, verbose=verbose)
+        # the U-Net learns from captions like CLIP's
+        captions = FashionCaptions(x, y, fashion_thresholds(), p_omit=clip_record.get('p_omit', 0.5))
+        denoiser, unet_record = trained_cond_unet(encode_latents(vae, x, scale), captions, clip, tokenizer, scale,
+                                                  verbose=verbose)
         record = {name: dict(epochs=r['epochs'], steps=r['steps'], minutes=round(r['seconds'] / 60, 1))
                   for name, r in (('vae', vae_record), ('clip', clip_record), ('unet', unet_record))}
         pipe = TextToImagePipeline(vae, clip, tokenizer, denoiser, scale, record)
@@ -203,8 +240,10 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
 def generated_measures(images:torch.Tensor, # [n, 1, 32, 32] in [0, 1], as the pipeline gives them (or VAE reconstructions mapped to [0, 1])
                        cutoff:int=8, # 8-bit values at or below this are background
                       )->torch.Tensor:
-    "Lesson 22's `pixel_measures` (brightness, area) [n, 2] of decoded images: the 28x28 centre, rounded to 8 bits, faint pixels set to the background 0."
-    if images.ndim != 4 or images.shape[1:] != (1, 32, 32): raise ValueError(f'expected images [n, 1, 32, 32] as the pipeline makes them, got {tuple(images.shape)}')
+    ("Lesson 22's `pixel_measures` (brightness, area) [n, 2] of decoded images: the 28x28 centre, "
+     "rounded to 8 bits, faint pixels set to the background 0.")
+    if images.ndim != 4 or images.shape[1:] != (1, 32, 32):
+        raise ValueError(f'expected images [n, 1, 32, 32] as the pipeline makes them, got {tuple(images.shape)}')
     x = (images[:, 0, 2:30, 2:30].clamp(0, 1) * 255).round().to(torch.uint8)
     x[x <= cutoff] = 0
     return pixel_measures(x)
@@ -216,7 +255,8 @@ def decoded_thresholds(vae:VAE, # the pipeline's VAE
                        cutoff:int=8, # as in `generated_measures`
                        batch_size:int=500, # images reconstructed at once
                       )->torch.Tensor:
-    "Per-class terciles [10, 2, 2] of `generated_measures` of the VAE's reconstructions of `images`: the thresholds to place decoded images by."
+    ("Per-class terciles [10, 2, 2] of `generated_measures` of the VAE's reconstructions of `images`: "
+     "the thresholds to place decoded images by.")
     means = encode_latents(vae, images, 1., batch_size)   # lesson 25's encoding, unscaled
     recon = torch.cat([vae.decode(z.to(next(vae.parameters()).device)).cpu() for z in means.split(batch_size)])
     return tercile_thresholds(generated_measures((recon.clamp(-1, 1) + 1) / 2, cutoff), labels)

@@ -110,7 +110,8 @@ def restore_folder(folder:str|Path, # a folder written by `atomic_folder`
 @contextmanager
 def atomic_folder(folder:str|Path, # the folder to create, or to replace whole
                  ):
-    "Yield a new empty folder beside `folder` to write into; when the block succeeds it takes `folder`'s place, so that `folder` is always one complete copy, old or new."
+    ("Yield a new empty folder beside `folder` to write into; when the block succeeds it takes `folder`'s place, "
+     "so that `folder` is always one complete copy, old or new.")
     folder = Path(folder)
     with file_lock(folder):
         restore_folder(folder)

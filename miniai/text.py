@@ -18,19 +18,26 @@ from .fashion import FASHION_CLASSES
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
 def split_words(text:str)->list:
-    "Lowercase `text` and cut it into words: runs of letters and digits, keeping hyphens and apostrophes inside a word; all else separates words."
+    ("Lowercase `text` and cut it into words: runs of letters and digits, keeping hyphens and apostrophes "
+     "inside a word; all else separates words.")
     if not isinstance(text, str): raise TypeError(f'expected a string, got {type(text).__name__}')
     return _WORD.findall(text.lower())
 
 # %% ../nbs/22_captions.ipynb #c2200010
-CLASS_NOUNS = (('t-shirt', 'tee', 'top'), ('trousers', 'pants', 'jeans'), ('pullover', 'sweater', 'jumper'), ('dress', 'frock', 'gown'),
-               ('coat', 'jacket', 'overcoat'), ('sandal', 'strappy sandal', 'flip-flop'), ('shirt', 'blouse', 'button-up shirt'),
-               ('sneaker', 'trainer', 'running shoe'), ('bag', 'handbag', 'purse'), ('ankle boot', 'boot', 'bootie'))  # per class, in `FASHION_CLASSES` order; the first is the plain name
+# per class, in `FASHION_CLASSES` order; the first is the plain name
+CLASS_NOUNS = (('t-shirt', 'tee', 'top'), ('trousers', 'pants', 'jeans'), ('pullover', 'sweater', 'jumper'),
+               ('dress', 'frock', 'gown'), ('coat', 'jacket', 'overcoat'), ('sandal', 'strappy sandal', 'flip-flop'),
+               ('shirt', 'blouse', 'button-up shirt'), ('sneaker', 'trainer', 'running shoe'),
+               ('bag', 'handbag', 'purse'), ('ankle boot', 'boot', 'bootie'))
 PLURAL_NOUNS = frozenset({'trousers', 'pants', 'jeans'})  # nouns that take 'are' and no article
-ATTRIBUTE_WORDS = (('dark', 'light'), ('small', 'large'))  # per measure of `pixel_measures` (brightness, area): the word for a class's bottom third, and for its top third
-TEMPLATES = ('a photo of {a} {adj} {noun}', '{a} {adj} {noun}', 'a picture of {a} {adj} {noun}', 'an image of {a} {adj} {noun}',
-             'a low resolution photo of {a} {adj} {noun}', 'a photo of the {adj} {noun}')  # `{adj}`: the attribute words (maybe none) before the noun
-ATTRIBUTE_TEMPLATES = ('a picture of {a} {noun} that {is} {adjs}', 'a photo of {a} {noun} that {is} {adjs}')  # only with attribute words: `{adjs}` joins them with 'and'
+# per measure of `pixel_measures` (brightness, area): the word for a class's bottom third, and for its top third
+ATTRIBUTE_WORDS = (('dark', 'light'), ('small', 'large'))
+# `{adj}`: the attribute words (maybe none) before the noun
+TEMPLATES = ('a photo of {a} {adj} {noun}', '{a} {adj} {noun}', 'a picture of {a} {adj} {noun}',
+             'an image of {a} {adj} {noun}', 'a low resolution photo of {a} {adj} {noun}',
+             'a photo of the {adj} {noun}')
+# only with attribute words: `{adjs}` joins them with 'and'
+ATTRIBUTE_TEMPLATES = ('a picture of {a} {noun} that {is} {adjs}', 'a photo of {a} {noun} that {is} {adjs}')
 
 # %% ../nbs/22_captions.ipynb #c2200013
 _ADJECTIVE_ORDER = ATTRIBUTE_WORDS[1] + ATTRIBUTE_WORDS[0]   # size before brightness: 'a small dark dress'
@@ -38,22 +45,27 @@ _ADJECTIVE_ORDER = ATTRIBUTE_WORDS[1] + ATTRIBUTE_WORDS[0]   # size before brigh
 def _check_label(label)->int:
     try: label = operator.index(label)
     except TypeError: raise TypeError(f'a class label must be an integer, got {label!r}') from None
-    if not 0 <= label < len(CLASS_NOUNS): raise ValueError(f'class label {label} is out of range: labels run from 0 to {len(CLASS_NOUNS) - 1}')
+    if not 0 <= label < len(CLASS_NOUNS):
+        raise ValueError(f'class label {label} is out of range: labels run from 0 to {len(CLASS_NOUNS) - 1}')
     return label
 
 def _check_attrs(attrs)->tuple:
-    "`attrs` as a tuple in adjective order, after checking each is an attribute word and no measure has both of its words."
+    ("`attrs` as a tuple in adjective order, after checking each is an attribute word "
+     "and no measure has both of its words.")
     if isinstance(attrs, str): attrs = (attrs,)
     if bad := [a for a in attrs if a not in _ADJECTIVE_ORDER]:
         raise ValueError(f'unknown attribute word {bad[0]!r}: use {", ".join(_ADJECTIVE_ORDER)}')
     for low, high in ATTRIBUTE_WORDS:
-        if low in attrs and high in attrs: raise ValueError(f'{low!r} and {high!r} contradict each other: an image is at most one of them')
+        if low in attrs and high in attrs:
+            raise ValueError(f'{low!r} and {high!r} contradict each other: an image is at most one of them')
     return tuple(sorted(set(attrs), key=_ADJECTIVE_ORDER.index))
 
+# %% ../nbs/22_captions.ipynb #c7bd15ae
 def _fill(template:str, noun:str, attrs:tuple)->str:
     "`template` filled with `noun` and `attrs`, the article chosen from the word after it."
     plural = noun in PLURAL_NOUNS
-    words = template.format(a='{a}', adj=' '.join(attrs), adjs=' and '.join(attrs), noun=noun, **{'is': 'are' if plural else 'is'}).split()
+    words = template.format(a='{a}', adj=' '.join(attrs), adjs=' and '.join(attrs), noun=noun,
+                            **{'is': 'are' if plural else 'is'}).split()
     out = []
     for w, nxt in zip(words, words[1:] + ['']):
         if w == '{a}':
@@ -64,10 +76,13 @@ def _fill(template:str, noun:str, attrs:tuple)->str:
 
 @lru_cache(maxsize=None)
 def _captions(label:int, attrs:tuple)->tuple:
-    return tuple(_fill(t, n, attrs) for t in TEMPLATES + (ATTRIBUTE_TEMPLATES if attrs else ()) for n in CLASS_NOUNS[label])
+    return tuple(_fill(t, n, attrs) for t in TEMPLATES + (ATTRIBUTE_TEMPLATES if attrs else ())
+                 for n in CLASS_NOUNS[label])
 
+# %% ../nbs/22_captions.ipynb #e5c00d2b
 def all_captions(label:int, # class, 0 to 9, as in `FASHION_CLASSES`
-                 attrs=(), # attribute words of the image, e.g. `('small', 'dark')`; a single word or none at all will do
+                 # attribute words of the image, e.g. `('small', 'dark')`; a single word or none at all will do
+                 attrs=(),
                 )->list:
     "Every caption of class `label` with attribute words `attrs`: each template with each of the class's nouns."
     return list(_captions(_check_label(label), _check_attrs(attrs)))
@@ -76,7 +91,8 @@ def captions_for(label:int, # class, 0 to 9, as in `FASHION_CLASSES`
                  attrs=(), # attribute words of the image, e.g. `('small', 'dark')`
                  generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
                 )->str:
-    "A random caption of class `label` with attribute words `attrs`: template and noun drawn uniformly with `generator`."
+    ("A random caption of class `label` with attribute words `attrs`: "
+     "template and noun drawn uniformly with `generator`.")
     caps = _captions(_check_label(label), _check_attrs(attrs))
     return caps[torch.randint(len(caps), (), generator=generator).item()]
 
@@ -84,11 +100,13 @@ def captions_for(label:int, # class, 0 to 9, as in `FASHION_CLASSES`
 def pixel_measures(images:torch.Tensor, # [n, ...]: uint8 pixels in 0..255, or floats in [0, 1]; background 0
                    chunk:int=10_000, # images measured at once (bounds the memory used)
                   )->torch.Tensor:
-    "Each image's brightness (the mean of its garment pixels, those above 0, in [0, 1]) and area (how many pixels are above 0): float `[n, 2]`."
+    ("Each image's brightness (the mean of its garment pixels, those above 0, in [0, 1]) "
+     "and area (how many pixels are above 0): float `[n, 2]`.")
     if images.dtype == torch.uint8: scale = 255.
     elif images.is_floating_point():
         if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise ValueError(f'float images must lie in [0, 1] with a background of 0, got values from {images.min():.2f} to {images.max():.2f}; '
+            raise ValueError('float images must lie in [0, 1] with a background of 0, '
+                             f'got values from {images.min():.2f} to {images.max():.2f}; '
                              'for images in [-1, 1] pass (x + 1) / 2')
         scale = 1.
     else: raise TypeError(f'images must be uint8 or float, got {images.dtype}')
@@ -96,7 +114,8 @@ def pixel_measures(images:torch.Tensor, # [n, ...]: uint8 pixels in 0..255, or f
     for xb in images.flatten(1).split(chunk):
         xb = xb.float() / scale
         area = (xb > 0).sum(1).float()
-        out.append(torch.stack([xb.sum(1) / area.clamp(min=1), area], 1))   # background pixels are 0, so the sum is the garment's sum
+        # background pixels are 0, so the sum is the garment's sum
+        out.append(torch.stack([xb.sum(1) / area.clamp(min=1), area], 1))
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 # %% ../nbs/22_captions.ipynb #c2200025
@@ -107,7 +126,8 @@ def tercile_thresholds(measures:torch.Tensor, # [n, k]: k measures of each image
     "The terciles (1/3 and 2/3 quantiles) of each measure within each class: `[n_classes, k, 2]`."
     if measures.ndim != 2 or labels.ndim != 1 or len(measures) != len(labels):
         raise ValueError(f'need measures [n, k] and labels [n], got {list(measures.shape)} and {list(labels.shape)}')
-    if len(labels) and not 0 <= labels.min() <= labels.max() < n_classes: raise ValueError(f'labels must run from 0 to {n_classes - 1}')
+    if len(labels) and not 0 <= labels.min() <= labels.max() < n_classes:
+        raise ValueError(f'labels must run from 0 to {n_classes - 1}')
     counts = torch.bincount(labels, minlength=n_classes)
     if (counts < 3).any():
         c = int((counts < 3).nonzero()[0])
@@ -119,14 +139,16 @@ def tercile_codes(measures:torch.Tensor, # [n, k] measures of each image
                   labels:torch.Tensor, # [n] class of each image
                   thresholds:torch.Tensor, # [n_classes, k, 2] from `tercile_thresholds` (on the training set)
                  )->torch.Tensor:
-    "Where each measure of each image falls within its class: -1 below the lower tercile, 1 above the upper, 0 between; int8 `[n, k]`."
+    ("Where each measure of each image falls within its class: -1 below the lower tercile, 1 above the upper, "
+     "0 between; int8 `[n, k]`.")
     t = thresholds[labels]
     return (measures > t[..., 1]).to(torch.int8) - (measures < t[..., 0]).to(torch.int8)
 
 # %% ../nbs/22_captions.ipynb #c2200033
 def attribute_words(codes, # one image's tercile codes (brightness, area), each -1, 0 or 1
                    )->tuple:
-    "The attribute words of one image: the bottom-third word for -1, the top-third word for 1, none for 0; size before brightness."
+    ("The attribute words of one image: the bottom-third word for -1, the top-third word for 1, none for 0; "
+     "size before brightness.")
     codes = codes.tolist() if torch.is_tensor(codes) else list(codes)
     if len(codes) != len(ATTRIBUTE_WORDS) or any(c not in (-1, 0, 1) for c in codes):
         raise ValueError(f'expected {len(ATTRIBUTE_WORDS)} codes, each -1, 0 or 1, got {codes}')
@@ -134,13 +156,15 @@ def attribute_words(codes, # one image's tercile codes (brightness, area), each 
     return tuple(sorted(words, key=_ADJECTIVE_ORDER.index))
 
 # %% ../nbs/22_captions.ipynb #c2200041
-HELD_OUT = (('Dress', 'dark'), ('Sneaker', 'light'), ('Bag', 'small'))  # (class, attribute word) pairs no training caption puts together
+# (class, attribute word) pairs no training caption puts together
+HELD_OUT = (('Dress', 'dark'), ('Sneaker', 'light'), ('Bag', 'small'))
 
 def _held_out_pairs(held_out)->list:
     "`held_out` as `(label, measure, code)` triples, after checking its class names and words."
     pairs = []
     for name, word in held_out:
-        if name not in FASHION_CLASSES: raise ValueError(f'unknown class {name!r} in a held-out pair: use one of {", ".join(FASHION_CLASSES)}')
+        if name not in FASHION_CLASSES:
+            raise ValueError(f'unknown class {name!r} in a held-out pair: use one of {", ".join(FASHION_CLASSES)}')
         _check_attrs((word,))
         m = next(i for i, pair in enumerate(ATTRIBUTE_WORDS) if word in pair)
         pairs.append((FASHION_CLASSES.index(name), m, -1 if word == ATTRIBUTE_WORDS[m][0] else 1))
@@ -155,11 +179,13 @@ def held_out_mask(labels:torch.Tensor, # [n] class of each image
     for c, m, v in _held_out_pairs(held_out): mask |= (labels == c) & (codes[:, m] == v)
     return mask
 
+# %% ../nbs/22_captions.ipynb #b11417d8
 def drop_held_out(label:int, # class, 0 to 9
                   attrs, # the image's attribute words
                   held_out=HELD_OUT, # (class name, attribute word) pairs
                  )->tuple:
-    "The attribute words of an image of class `label` that a training caption may use: `attrs` without those `held_out` pairs with the class."
+    ("The attribute words of an image of class `label` that a training caption may use: "
+     "`attrs` without those `held_out` pairs with the class.")
     label, attrs = _check_label(label), _check_attrs(attrs)
     banned = {word for name, word in held_out if FASHION_CLASSES.index(name) == label}
     return tuple(a for a in attrs if a not in banned)
@@ -170,17 +196,19 @@ def mentions_held_out(text:str, # any caption or prompt
     "Whether `text` names a held-out pair: the attribute word and one of the class's nouns, anywhere in it."
     words = split_words(text)
     joined = f' {" ".join(words)} '
-    return any(word in words and any(f' {noun} ' in joined for noun in CLASS_NOUNS[c]) for c, m, v in _held_out_pairs(held_out)
-               for word in [ATTRIBUTE_WORDS[m][v > 0]])
+    return any(word in words and any(f' {noun} ' in joined for noun in CLASS_NOUNS[c])
+               for c, m, v in _held_out_pairs(held_out) for word in [ATTRIBUTE_WORDS[m][v > 0]])
 
 # %% ../nbs/22_captions.ipynb #62af056c
 def omit_words(words:tuple, # attribute words of one image, e.g. `('small', 'dark')`
                p:float, # probability of leaving out each word, independently
                generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
               )->tuple:
-    "`words` with each left out with probability `p`, the rest in order: a caption need not say everything true of its image."
+    ("`words` with each left out with probability `p`, the rest in order: "
+     "a caption need not say everything true of its image.")
     if not 0 <= p <= 1: raise ValueError(f'p must be a probability in [0, 1], got {p}')
-    if not words or p == 0: return tuple(words)   # no draw: with p = 0 the captions, and the generator's stream, are as before
+    # no draw: with p = 0 the captions, and the generator's stream, are as before
+    if not words or p == 0: return tuple(words)
     keep = (torch.rand(len(words), generator=generator) >= p).tolist()
     return tuple(w for w, k in zip(words, keep) if k)
 
@@ -190,15 +218,19 @@ class FashionCaptions:
     def __init__(self,
                  images:torch.Tensor, # [n, ...] uint8, or floats in [0, 1] with background 0
                  labels:torch.Tensor, # [n] class of each image
-                 thresholds:torch.Tensor|None=None, # terciles from the training set (None: compute them from these images)
+                 # terciles from the training set (None: compute them from these images)
+                 thresholds:torch.Tensor|None=None,
                  held_out=HELD_OUT, # (class name, attribute word) pairs
-                 hide_held_out:bool=True, # leave held-out words out of captions (True for training, False for validation)
+                 # leave held-out words out of captions (True for training, False for validation)
+                 hide_held_out:bool=True,
                  p_omit:float=0., # probability that a caption leaves out each attribute word (`omit_words`); lessons 24 and 25 train with 0.5
                 ):
-        if len(images) != len(labels): raise ValueError(f'{len(images):,} images but {len(labels):,} labels: give one label per image')
+        if len(images) != len(labels):
+            raise ValueError(f'{len(images):,} images but {len(labels):,} labels: give one label per image')
         self.labels = torch.as_tensor(labels).long()
         self.measures = pixel_measures(images)
-        self.thresholds = tercile_thresholds(self.measures, self.labels, len(CLASS_NOUNS)) if thresholds is None else thresholds
+        self.thresholds = (tercile_thresholds(self.measures, self.labels, len(CLASS_NOUNS)) if thresholds is None
+                           else thresholds)
         self.codes = tercile_codes(self.measures, self.labels, self.thresholds)
         if not 0 <= p_omit <= 1: raise ValueError(f'p_omit must be a probability in [0, 1], got {p_omit}')
         self.held_out, self.hide_held_out, self.p_omit = held_out, hide_held_out, p_omit
@@ -207,7 +239,8 @@ class FashionCaptions:
     def __len__(self): return len(self._labels)
     def __repr__(self):
         return (f'FashionCaptions({len(self):,} images, {int(self.is_held_out.sum()):,} showing a held-out pair, '
-                f'{"hidden from" if self.hide_held_out else "named in"} captions' + (f', each attribute word left out with p={self.p_omit:g})' if self.p_omit else ')'))
+                f'{"hidden from" if self.hide_held_out else "named in"} captions'
+                + (f', each attribute word left out with p={self.p_omit:g})' if self.p_omit else ')'))
     def words(self, i:int)->tuple:
         "The attribute words image `i`'s captions use (held-out ones dropped if `hide_held_out`)."
         words = attribute_words(self._codes[i])
@@ -224,13 +257,16 @@ def caption_vocab()->list:
     "Every word the captions use, sorted: all templates, with every class's nouns and every set of attribute words."
     low, high = ATTRIBUTE_WORDS
     attr_sets = [()] + [(w,) for w in low + high] + [(a, b) for a in low for b in high]
-    return sorted({w for c in range(len(CLASS_NOUNS)) for attrs in attr_sets for cap in _captions(c, _check_attrs(attrs)) for w in split_words(cap)})
+    return sorted({w for c in range(len(CLASS_NOUNS)) for attrs in attr_sets
+                   for cap in _captions(c, _check_attrs(attrs)) for w in split_words(cap)})
 
 # %% ../nbs/22_captions.ipynb #c2200054
 SPECIAL_TOKENS = ('<pad>', '<unk>', '<bos>', '<eos>')  # ids 0 to 3 of every `Tokenizer`
 
+# %% ../nbs/22_captions.ipynb #b828fbf6
 class Tokenizer:
-    "Word-level tokenizer: text to `<bos> words <eos>` ids padded with `<pad>` to `max_len`, an attention mask, and back to text."
+    ("Word-level tokenizer: text to `<bos> words <eos>` ids padded with `<pad>` to `max_len`, "
+     "an attention mask, and back to text.")
     pad_id, unk_id, bos_id, eos_id = range(len(SPECIAL_TOKENS))
     def __init__(self,
                  vocab:list, # the words, each a single word as `split_words` makes them (the special tokens go first)
@@ -238,7 +274,8 @@ class Tokenizer:
                 ):
         words = list(dict.fromkeys([*SPECIAL_TOKENS, *vocab]))   # specials first, order kept, repeats dropped
         if bad := [w for w in words[len(SPECIAL_TOKENS):] if split_words(w) != [w]]:
-            raise ValueError(f'vocabulary entries must be single lowercase words as split_words makes them, got {bad[:3]}')
+            raise ValueError('vocabulary entries must be single lowercase words as split_words makes them, '
+                             f'got {bad[:3]}')
         if max_len < 2: raise ValueError(f'max_len must be at least 2 (room for <bos> and <eos>), got {max_len}')
         self.itos, self.max_len = words, max_len
         self.stoi = {w: i for i, w in enumerate(words)}
@@ -249,27 +286,33 @@ class Tokenizer:
         ids = [self.stoi.get(w, self.unk_id) for w in split_words(text)]
         if len(ids) > self.max_len - 2:
             if not truncate:
-                raise ValueError(f'{text!r} has {len(ids)} words, but at most {self.max_len - 2} fit in max_len={self.max_len} with <bos> and <eos>: '
+                raise ValueError(f'{text!r} has {len(ids)} words, but at most {self.max_len - 2} fit in '
+                                 f'max_len={self.max_len} with <bos> and <eos>: '
                                  f'shorten it, or pass truncate=True to keep its first {self.max_len - 2} words')
             ids = ids[:self.max_len - 2]
         return [self.bos_id, *ids, self.eos_id]
     def __call__(self, texts, truncate:bool=False)->tuple:
-        "Encode a string or a list of them: `(ids, mask)`, ids long `[n, max_len]` padded with `<pad>`, mask bool `[n, max_len]`, True at real tokens."
+        ("Encode a string or a list of them: `(ids, mask)`, ids long `[n, max_len]` padded with `<pad>`, "
+         "mask bool `[n, max_len]`, True at real tokens.")
         if isinstance(texts, str): texts = [texts]
         rows = [self.encode(t, truncate) for t in texts]
-        ids = torch.tensor([r + [self.pad_id] * (self.max_len - len(r)) for r in rows], dtype=torch.long).view(len(rows), self.max_len)
+        ids = torch.tensor([r + [self.pad_id] * (self.max_len - len(r)) for r in rows],
+                           dtype=torch.long).view(len(rows), self.max_len)
         return ids, ids != self.pad_id
     def decode(self, ids)->str|list:
-        "The text of `ids`: its words up to `<eos>`, without `<bos>` and `<pad>`; a batch `[n, L]` gives a list of texts."
+        ("The text of `ids`: its words up to `<eos>`, without `<bos>` and `<pad>`; "
+         "a batch `[n, L]` gives a list of texts.")
         if torch.is_tensor(ids) and ids.ndim == 2: return [self.decode(row) for row in ids]
         ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
-        if bad := [i for i in ids if not 0 <= i < len(self)]: raise ValueError(f'id {bad[0]} is not in the vocabulary: ids run from 0 to {len(self) - 1}')
+        if bad := [i for i in ids if not 0 <= i < len(self)]:
+            raise ValueError(f'id {bad[0]} is not in the vocabulary: ids run from 0 to {len(self) - 1}')
         words = []
         for i in ids:
             if i == self.eos_id: break
             if i not in (self.bos_id, self.pad_id): words.append(self.itos[i])
         return ' '.join(words)
 
+# %% ../nbs/22_captions.ipynb #667dc176
 def caption_tokenizer(max_len:int=16, # length of every encoded caption, `<bos>` and `<eos>` included
                      )->Tokenizer:
     "The `Tokenizer` of our captions: the special tokens, then `caption_vocab()`."
