@@ -20,7 +20,8 @@ def _check_batch(x):
         raise ValueError(f'expected a batch of images [batch, channels, height, width], got {got}')
 
 def _rand(shape, generator, device, normal=False):
-    "Uniform (or, with `normal`, standard normal) numbers of `shape`, drawn with `generator` on its own device, then moved to `device`."
+    ("Uniform (or, with `normal`, standard normal) numbers of `shape`, "
+     "drawn with `generator` on its own device, then moved to `device`.")
     gen_device = device if generator is None else generator.device
     return (torch.randn if normal else torch.rand)(shape, generator=generator, device=gen_device).to(device)
 
@@ -31,21 +32,25 @@ def pad_crop(x:torch.Tensor, # images [batch, channels, height, width]
              pad:int, # pixels added on every side before cropping
              fill:float|None=None, # value of the added pixels (None: each image's minimum, its background)
             )->torch.Tensor:
-    "Pad each image by `pad` pixels of `fill`, then crop it back to its size at its own offset `(top[i], left[i])`; `top = left = pad` gives the image back."
+    ("Pad each image by `pad` pixels of `fill`, then crop it back to its size "
+     "at its own offset `(top[i], left[i])`; `top = left = pad` gives the image back.")
     _check_batch(x)
     n, c, h, w = x.shape
     if pad < 0: raise ValueError(f'pad must be >= 0, got {pad}')
     top, left = torch.as_tensor(top, device=x.device).long(), torch.as_tensor(left, device=x.device).long()
     if top.shape != (n,) or left.shape != (n,):
-        raise ValueError(f'need one offset per image: top has shape {tuple(top.shape)} and left {tuple(left.shape)}, for {n} images')
+        raise ValueError(f'need one offset per image: top has shape {tuple(top.shape)} '
+                         f'and left {tuple(left.shape)}, for {n} images')
     if n and (min(top.min(), left.min()) < 0 or max(top.max(), left.max()) > 2 * pad):
-        raise ValueError(f'offsets must lie in 0..{2 * pad} (0..2*pad), got top {top.tolist()} and left {left.tolist()}')
+        raise ValueError(f'offsets must lie in 0..{2 * pad} (0..2*pad), '
+                         f'got top {top.tolist()} and left {left.tolist()}')
     fill = x.amin((1, 2, 3), keepdim=True) if fill is None else torch.tensor(fill, dtype=x.dtype, device=x.device)
     xp = fill.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
     xp[:, :, pad:pad + h, pad:pad + w] = x
     rows = (top[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
     cols = (left[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    return xp[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+    return xp[torch.arange(n, device=x.device).view(n, 1, 1, 1),
+              torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
 
 # %% ../nbs/14_augment.ipynb #379129a2
 def random_crop(x:torch.Tensor, # images [batch, channels, height, width]
@@ -77,13 +82,17 @@ def erase_mask(n:int, # images in the batch
                generator:torch.Generator|None=None, # source of the randomness (None: PyTorch's global one)
                device:str|torch.device|None=None, # where the mask should be (None: the CPU)
               )->torch.Tensor:
-    "Boolean mask `[n, 1, h, w]`: for each image, with probability `p`, one rectangle of random height and width (each a fraction in `size` of the side) at a random place."
+    ("Boolean mask `[n, 1, h, w]`: for each image, with probability `p`, "
+     "one rectangle of random height and width (each a fraction in `size` of the side) at a random place.")
     lo, hi = size
-    if not 0 < lo <= hi <= 1: raise ValueError(f'size must be (smallest, largest) fractions with 0 < smallest <= largest <= 1, got {size}')
+    if not 0 < lo <= hi <= 1:
+        raise ValueError('size must be (smallest, largest) fractions with 0 < smallest <= largest <= 1, '
+                         f'got {size}')
     u = _rand((5, n), generator, device)
     rh = (h * (lo + (hi - lo) * u[1])).round().long().clamp(1, h)
     rw = (w * (lo + (hi - lo) * u[2])).round().long().clamp(1, w)
-    top, left = (u[3] * (h - rh + 1)).floor().long().clamp_max(h - rh), (u[4] * (w - rw + 1)).floor().long().clamp_max(w - rw)
+    top, left = ((u[3] * (h - rh + 1)).floor().long().clamp_max(h - rh),
+                 (u[4] * (w - rw + 1)).floor().long().clamp_max(w - rw))
     ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
     in_rows = (ys >= top[:, None]) & (ys < (top + rh)[:, None]) & (u[0] < p)[:, None]
     in_cols = (xs >= left[:, None]) & (xs < (left + rw)[:, None])
@@ -95,16 +104,20 @@ def random_erase(x:torch.Tensor, # images [batch, channels, height, width], floa
                  size:tuple=(0.1, 0.4), # smallest and largest side of a rectangle, as fractions of the image's side
                  generator:torch.Generator|None=None, # source of the randomness (None: PyTorch's global one)
                 )->torch.Tensor:
-    "Replace a random rectangle of each image (with probability `p`) by noise with the batch's mean and std, clipped to its range."
+    ("Replace a random rectangle of each image (with probability `p`) by noise with the batch's mean and std, "
+     "clipped to its range.")
     _check_batch(x)
-    if not x.is_floating_point(): raise TypeError(f'random_erase fills with normal noise, so it needs floating-point images, got {x.dtype}')
+    if not x.is_floating_point():
+        raise TypeError('random_erase fills with normal noise, so it needs floating-point images, '
+                        f'got {x.dtype}')
     mask = erase_mask(len(x), x.shape[2], x.shape[3], p, size, generator, x.device)
     noise = _rand(x.shape, generator, x.device, normal=True).to(x.dtype) * x.std() + x.mean()
     return torch.where(mask, noise.clamp(x.min(), x.max()), x)
 
 # %% ../nbs/14_augment.ipynb #8c82a95a
 class BatchAugment:
-    "Per-image random crop (after padding), horizontal flip and random erasing of a batch, drawn from its own seeded `torch.Generator`."
+    ("Per-image random crop (after padding), horizontal flip and random erasing of a batch, "
+     "drawn from its own seeded `torch.Generator`.")
     def __init__(self,
                  pad:int=1, # crop: largest shift, in pixels (0: no crop)
                  flip_p:float=0.5, # flip: probability per image (0: no flip)
@@ -123,11 +136,14 @@ class BatchAugment:
             if self.flip_p: x = random_flip(x, self.flip_p, self.generator)
             if self.erase_p: x = random_erase(x, self.erase_p, self.erase_size, self.generator)
         return x
-    def __repr__(self): return f'BatchAugment(pad={self.pad}, flip_p={self.flip_p}, erase_p={self.erase_p}, erase_size={self.erase_size})'
+    def __repr__(self):
+        return (f'BatchAugment(pad={self.pad}, flip_p={self.flip_p}, erase_p={self.erase_p}, '
+                f'erase_size={self.erase_size})')
 
 # %% ../nbs/14_augment.ipynb #6e840894
 class BatchTransformCB(Callback):
-    "Transforms the inputs of each training batch (and, with `on_valid`, each validation batch) once `DeviceCB` has moved it, so the loader stays cheap."
+    ("Transforms the inputs of each training batch (and, with `on_valid`, each validation batch) "
+     "once `DeviceCB` has moved it, so the loader stays cheap.")
     order = DeviceCB.order + 1
     def __init__(self,
                  tfm, # function of a batch of inputs, returning the transformed batch
@@ -142,7 +158,8 @@ class BatchTransformCB(Callback):
 
 # %% ../nbs/14_augment.ipynb #5f4313e0
 class Dropout(nn.Module):
-    "Zero each activation with probability `p` in training and scale the others by `1/(1-p)`, keeping the expected value; identity in evaluation."
+    ("Zero each activation with probability `p` in training and scale the others by `1/(1-p)`, "
+     "keeping the expected value; identity in evaluation.")
     def __init__(self, p:float=0.5): # probability that an activation is zeroed
         super().__init__()
         if not 0 <= p <= 1: raise ValueError(f'dropout probability must be between 0 and 1, got {p}')
@@ -160,7 +177,8 @@ def get_preds(model:nn.Module, # the model, put in evaluation mode here
               tfm:Callable|None=None, # applied to each batch of inputs first (e.g. a flip), or None
               device:str|torch.device|None=None, # where to run (default: where the model's parameters are)
              )->tuple:
-    "The model's outputs and the targets for every batch of `dl`, in evaluation mode without gradients: `(preds, targets)` on the CPU."
+    ("The model's outputs and the targets for every batch of `dl`, in evaluation mode without gradients: "
+     "`(preds, targets)` on the CPU.")
     device = next(model.parameters()).device if device is None else device
     model.eval()
     preds, targets = [], []
@@ -177,10 +195,12 @@ def hflip(x:torch.Tensor)->torch.Tensor:
 
 def tta_preds(model:nn.Module, # the model
               dl, # data loader of (inputs, targets) batches
-              tfms:tuple|None=None, # the views of each image, None standing for the image itself (default: `(None, hflip)`)
+              # the views of each image, None standing for the image itself (default: `(None, hflip)`)
+              tfms:tuple|None=None,
               device:str|torch.device|None=None, # where to run (default: where the model's parameters are)
              )->tuple:
-    "Test-time augmentation: class probabilities averaged over views of each image (itself and its mirror image by default); `(probs, targets)`."
+    ("Test-time augmentation: class probabilities averaged over views of each image "
+     "(itself and its mirror image by default); `(probs, targets)`.")
     probs, targets = [], None
     for tfm in (None, hflip) if tfms is None else tfms:
         preds, targets = get_preds(model, dl, tfm, device)

@@ -180,7 +180,9 @@ def fashion32_dls(batch_size:int=64, # training batch size (validation batches a
                   verbose:bool=True, # print where the data came from
                   **kwargs
                  )->DataLoaders:
-    "Fashion-MNIST `DataLoaders` of `(images, labels)` for diffusion: images `[batch, 1, 32, 32]` in [-1, 1], padded by 2 pixels of background (-1); other keyword arguments go to `DataLoaders.from_dd`."
+    ("Fashion-MNIST `DataLoaders` of `(images, labels)` for diffusion: "
+     "images `[batch, 1, 32, 32]` in [-1, 1], padded by 2 pixels of background (-1); "
+     "other keyword arguments go to `DataLoaders.from_dd`.")
     dd = fashion_dd(verbose=verbose)
     if n_train is not None:
         train = dd['train']

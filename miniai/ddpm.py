@@ -26,7 +26,8 @@ def linear_betas(T:int=1000, # number of diffusion steps
                 )->torch.Tensor:
     "DDPM's linear variance schedule: `T` values of beta from `beta_min` to `beta_max`."
     if T < 1: raise ValueError(f'T must be at least 1, got {T}')
-    if not 0 < beta_min <= beta_max < 1: raise ValueError(f'need 0 < beta_min <= beta_max < 1, got {beta_min}, {beta_max}')
+    if not 0 < beta_min <= beta_max < 1:
+        raise ValueError(f'need 0 < beta_min <= beta_max < 1, got {beta_min}, {beta_max}')
     return torch.linspace(beta_min, beta_max, T, dtype=torch.float64).float()
 
 def abar_from_betas(betas:torch.Tensor, # the variance schedule [T]
@@ -40,14 +41,16 @@ def noisify(x0:torch.Tensor, # clean images [batch, ...]
             generator:torch.Generator|None=None, # source of the random steps and noise (None: PyTorch's global one)
            )->tuple:
     "A random step `t` per image, and `x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps`: returns `((x_t, t), eps)`."
-    t = torch.randint(0, len(abar), (len(x0),), generator=generator, device=generator.device if generator else 'cpu').to(x0.device)
+    t = torch.randint(0, len(abar), (len(x0),), generator=generator,
+                      device=generator.device if generator else 'cpu').to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=generator.device if generator else 'cpu').to(x0.device)
     ab = abar.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t), eps
 
 # %% ../nbs/17_ddpm.ipynb #addf4f45
 class DDPMCB(Callback):
-    "Turns each batch `(images, labels)` into `(x_t, t, eps)` with `noisify`, so that `TrainCB(n_inp=2)` trains `model(x_t, t)` to predict `eps`."
+    ("Turns each batch `(images, labels)` into `(x_t, t, eps)` with `noisify`, "
+     "so that `TrainCB(n_inp=2)` trains `model(x_t, t)` to predict `eps`.")
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
     def __init__(self,
                  abar:torch.Tensor, # alpha-bar [T] of the schedule
@@ -65,10 +68,12 @@ def train_ddpm(model:nn.Module, # the noise predictor, e.g. `UNet()`
                abar:torch.Tensor|None=None, # alpha-bar of the schedule (default: the linear one's)
                cbs:list=(), # extra callbacks, e.g. `ProgressCB()`
               )->Learner:
-    "Lesson 17's recipe: train `model` to predict the noise of `noisify`d batches (AdamW, one cycle, channels-last) and return the `Learner`."
+    ("Lesson 17's recipe: train `model` to predict the noise of `noisify`d batches "
+     "(AdamW, one cycle, channels-last) and return the `Learner`.")
     abar = abar_from_betas(linear_betas()) if abar is None else abar
     learn = Learner(model, dls, F.mse_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), DDPMCB(abar), ChannelsLastCB(), TrainCB(n_inp=2), MetricsCB(), OneCycleCB(lr), *cbs])
+                    cbs=[DeviceCB(), DDPMCB(abar), ChannelsLastCB(), TrainCB(n_inp=2), MetricsCB(),
+                         OneCycleCB(lr), *cbs])
     learn.fit(epochs)
     return learn
 
@@ -87,7 +92,8 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
                 batch_size:int=256, # images per model call
                 keep:tuple=(), # steps (counted from 0) after which to keep a copy of the images
                )->torch.Tensor|tuple:
-    "DDPM's ancestral sampler from pure noise; images `[n, channels, size, size]` in [-1, 1] (with `keep`: also the list of kept copies)."
+    ("DDPM's ancestral sampler from pure noise; images `[n, channels, size, size]` in [-1, 1] "
+     "(with `keep`: also the list of kept copies).")
     T = len(abar)
     steps = T if steps is None else steps
     if not 1 <= steps <= T: raise ValueError(f'steps must be between 1 and {T}, got {steps}')
@@ -97,19 +103,23 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
     kept = []
     model.eval()
     for i, t in enumerate(ts):
-        ab = abar[t].double(); ab_prev = abar[ts[i + 1]].double() if i + 1 < steps else torch.tensor(1., dtype=torch.float64)
+        ab = abar[t].double()
+        ab_prev = abar[ts[i + 1]].double() if i + 1 < steps else torch.tensor(1., dtype=torch.float64)
         beta = 1 - ab / ab_prev
-        eps = torch.cat([model(xb.to(device), t.float().expand(len(xb)).to(device)).cpu() for xb in x.split(batch_size)])
+        eps = torch.cat([model(xb.to(device), t.float().expand(len(xb)).to(device)).cpu()
+                         for xb in x.split(batch_size)])
         x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
         x = (ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x).float()
-        if i + 1 < steps: x = x + ((1 - ab_prev) / (1 - ab) * beta).sqrt().float() * torch.randn(x.shape, generator=generator)
+        if i + 1 < steps:
+            x = x + ((1 - ab_prev) / (1 - ab) * beta).sqrt().float() * torch.randn(x.shape, generator=generator)
         if i in keep: kept.append(x.clone())
     return (x, kept) if keep else x
 
 # %% ../nbs/17_ddpm.ipynb #fe8c230c
 def trained_ddpm(verbose:bool=True, # say where the model came from
                 )->tuple:
-    "Lesson 17's model and its alpha-bar: `(UNet, abar)`, loaded from `models_dir()/DDPM_FILE`, or trained there with `train_ddpm` (one epoch) when missing."
+    ("Lesson 17's model and its alpha-bar: `(UNet, abar)`, loaded from `models_dir()/DDPM_FILE`, "
+     "or trained there with `train_ddpm` (one epoch) when missing.")
     abar, model, path = abar_from_betas(linear_betas()), UNet(), models_dir()/DDPM_FILE
     with file_lock(path):
         if path.is_file():
@@ -126,7 +136,8 @@ def trained_ddpm(verbose:bool=True, # say where the model came from
 def cosine_abar(T:int=1000, # number of diffusion steps
                 s:float=0.008, # small offset that keeps the first steps' noise from vanishing
                )->torch.Tensor:
-    "alpha-bar [T] of the cosine schedule (Nichol & Dhariwal 2021), at steps 1..T, clipped so that no step's beta exceeds 0.999."
+    ("alpha-bar [T] of the cosine schedule (Nichol & Dhariwal 2021), at steps 1..T, "
+     "clipped so that no step's beta exceeds 0.999.")
     if T < 1: raise ValueError(f'T must be at least 1, got {T}')
     f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * torch.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)

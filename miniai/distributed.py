@@ -6,7 +6,8 @@
 __all__ = ['free_port', 'check_world_size', 'launch', 'AccelerateCB', 'ddp_speed', 'ddp_speed_table']
 
 # %% ../nbs/15_distributed.ipynb #8bfe765f
-import gc, io, logging, multiprocessing, os, pickle, random, re, socket, statistics, sys, tempfile, time, traceback, warnings
+import gc, io, logging, multiprocessing, os, pickle, random, re, socket, statistics, sys, tempfile, time, \
+       traceback, warnings
 from contextlib import redirect_stdout
 from datetime import timedelta
 from pathlib import Path
@@ -38,12 +39,14 @@ def free_port(host:str='127.0.0.1', # the address the processes will meet at
 def check_world_size(expected:int|None, # processes asked for (None: no check)
                      actual:int, # processes in the process group (`dist.get_world_size()`, `Accelerator.num_processes`)
                     ):
-    "Raise `RuntimeError` if `actual` processes joined when `expected` were asked for: a run must never train quietly alone."
+    ("Raise `RuntimeError` if `actual` processes joined when `expected` were asked for: "
+     "a run must never train quietly alone.")
     if expected is None or actual == expected: return
     raise RuntimeError(f'asked for {expected} processes, but this one is in a world of {actual}: '
                        + ('the launcher started independent single-process jobs. ' if actual == 1 else '')
-                       + 'On CPUs use `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N` '
-                       '(`--cpu` starts one process) and create the Accelerator with cpu=True, as AccelerateCB does.')
+                       + 'On CPUs use `torchrun --nproc_per_node N` '
+                       'or `accelerate launch --multi_gpu --num_processes N` (`--cpu` starts one process) '
+                       'and create the Accelerator with cpu=True, as AccelerateCB does.')
 
 # %% ../nbs/15_distributed.ipynb #f0070d6e
 class _RankTraceback(Exception):
@@ -58,7 +61,8 @@ def _write_result(folder, rank, result):
     tmp.rename(Path(folder)/f'rank{rank}')
 
 def _run_rank(fn, args, n_procs, timeout, folder, stdout, device):
-    "Body of each child: one thread first, join the process group (NCCL on `device` 'cuda', else gloo), run `fn`, write its result or its exception."
+    ("Body of each child: one thread first, join the process group (NCCL on `device` 'cuda', else gloo), "
+     "run `fn`, write its result or its exception.")
     torch.set_num_threads(1)
     os.environ['OMP_NUM_THREADS'] = '1'  # so Accelerate keeps it
     if stdout is not None: sys.stdout = stdout
@@ -80,13 +84,16 @@ def _run_rank(fn, args, n_procs, timeout, folder, stdout, device):
 
 # %% ../nbs/15_distributed.ipynb #291c09aa
 def _start_one(run_args):
-    "Run `_run_rank` in one forked child, as rank 0 of a world of 1 (the notebook's process stays free of process groups)."
-    with patch_environment(rank='0', local_rank='0', world_size='1', master_addr='127.0.0.1', master_port=str(free_port())):
+    ("Run `_run_rank` in one forked child, as rank 0 of a world of 1 "
+     "(the notebook's process stays free of process groups).")
+    with patch_environment(rank='0', local_rank='0', world_size='1', master_addr='127.0.0.1',
+                           master_port=str(free_port())):
         p = multiprocessing.get_context('fork').Process(target=_run_rank, args=run_args)
         p.start(); p.join()
 
 def _start_many(run_args, n_procs):
-    "Run `_run_rank` in `n_procs` forked children with `notebook_launcher`, its logging of failures silenced (we report them)."
+    ("Run `_run_rank` in `n_procs` forked children with `notebook_launcher`, "
+     "its logging of failures silenced (we report them).")
     quiet = [logging.getLogger(n) for n in ('torch.distributed.elastic', 'torch.multiprocessing')]
     levels = [l.level for l in quiet]
     for l in quiet: l.setLevel(logging.CRITICAL)
@@ -103,16 +110,19 @@ def _raise_first(results, n_procs, timeout):
     _, rank, (_, exc, msg, tb, _) = errors[0]
     e = pickle.loads(exc) if exc is not None else RuntimeError(msg)
     if isinstance(e, SystemExit):   # re-raised here, it would end the calling program (silently, for status 0)
-        e = RuntimeError(f'rank {rank} of {n_procs} called sys.exit({e.code!r}): a function run by launch must return or raise')
+        e = RuntimeError(f'rank {rank} of {n_procs} called sys.exit({e.code!r}): '
+                         'a function run by launch must return or raise')
     if hasattr(e, 'add_note'): e.add_note(f'(raised in rank {rank} of {n_procs})')
-    if type(e).__name__ in ('RuntimeError', 'DistBackendError') and re.search('timed out|collective operation timeout', msg, re.I):
+    if (type(e).__name__ in ('RuntimeError', 'DistBackendError')
+            and re.search('timed out|collective operation timeout', msg, re.I)):
         e = TimeoutError(f'rank {rank} of {n_procs} waited more than timeout={timeout} s for the other ranks: '
                          f'one of them stalled, or is much slower (then raise `timeout`). It said: {msg}')
     raise e from _RankTraceback(tb)
 
 # %% ../nbs/15_distributed.ipynb #001fa010
 def _launch_device(device, n_procs):
-    "The device `launch` runs on: `device`, checked, or for None 'cuda' where every process gets a GPU of its own, else 'cpu'."
+    ("The device `launch` runs on: `device`, checked, "
+     "or for None 'cuda' where every process gets a GPU of its own, else 'cpu'.")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device is None: return 'cuda' if gpus >= n_procs else 'cpu'
     if device not in ('cuda', 'cpu'): raise ValueError(f"device must be 'cuda', 'cpu' or None, got {device!r}")
@@ -125,9 +135,11 @@ def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is r
            args:tuple=(), # arguments of `fn` (inherited by the forked processes, not pickled)
            n_procs:int=2, # processes to start on this machine, each with one thread
            timeout:float=60, # seconds a collective (all-reduce, barrier) waits for the other ranks before failing
-           device:str|None=None, # 'cuda' (a GPU per process, NCCL) or 'cpu' (gloo); None: 'cuda' if there is a GPU for every process
+           # 'cuda' (a GPU per process, NCCL) or 'cpu' (gloo); None: 'cuda' if there is a GPU for every process
+           device:str|None=None,
           ):
-    "Run `fn(*args)` in `n_procs` forked processes joined in a process group (gloo on CPUs, NCCL on GPUs); return rank 0's result, or raise the first exception any rank raised."
+    ("Run `fn(*args)` in `n_procs` forked processes joined in a process group (gloo on CPUs, NCCL on GPUs); "
+     "return rank 0's result, or raise the first exception any rank raised.")
     if n_procs < 1: raise ValueError(f'n_procs must be at least 1, got {n_procs}')
     device = _launch_device(device, n_procs)
     with tempfile.TemporaryDirectory() as folder:
@@ -146,18 +158,21 @@ def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is r
 
 # %% ../nbs/15_distributed.ipynb #c4549de1
 class AccelerateCB(TrainCB):
-    "`TrainCB` on Hugging Face Accelerate: prepares model, optimiser and data loaders in each process, backward through the accelerator, metrics gathered over every process."
+    ("`TrainCB` on Hugging Face Accelerate: prepares model, optimiser and data loaders in each process, "
+     "backward through the accelerator, metrics gathered over every process.")
     order = -5   # before MetricsCB and ProgressCB: they see the gathered batch
     def __init__(self,
                  n_inp:int=1, # how many leading items of a batch are the model's inputs
                  mixed_precision:str='no', # 'no', 'bf16' (where bf16_supported()) or 'fp16' (GPUs)
                  split_batches:bool=True, # each process gets batch_size/n of each batch (else a whole batch each)
                  n_procs:int|None=None, # processes expected: raise if the world differs (None: WORLD_SIZE if set)
-                 timeout:float=600, # seconds a collective waits for the other ranks, if the Accelerator creates the process group
+                 # seconds a collective waits for the other ranks, if the Accelerator creates the process group
+                 timeout:float=600,
                  sync_bn:bool=False, # convert BatchNorm layers to SyncBatchNorm (GPUs only)
                 ):
         super().__init__(n_inp)
-        self.mixed_precision, self.split_batches, self.n_procs, self.timeout, self.sync_bn = mixed_precision, split_batches, n_procs, timeout, sync_bn
+        self.mixed_precision, self.split_batches, self.n_procs, self.timeout, self.sync_bn = (
+            mixed_precision, split_batches, n_procs, timeout, sync_bn)
         self.acc = None
 
     def _accelerator(self):
@@ -182,14 +197,16 @@ class AccelerateCB(TrainCB):
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules())
         if has_bn and acc.num_processes > 1:
             if self.sync_bn and not self.cpu: learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(learn.model)
-            else: warnings.warn('BatchNorm computes its statistics on each process\'s share of the batch: training differs from one process '
-                                '(sync_bn=True converts to SyncBatchNorm on GPUs; on CPUs use GroupNorm or LayerNorm)')
+            else: warnings.warn('BatchNorm computes its statistics on each process\'s share of the batch: '
+                                'training differs from one process (sync_bn=True converts to SyncBatchNorm on GPUs; '
+                                'on CPUs use GroupNorm or LayerNorm)')
         self.dls = learn.dls.train, learn.dls.valid
         learn.model, learn.opt, learn.dls.train, learn.dls.valid = acc.prepare(learn.model, learn.opt, *self.dls)
         if not acc.is_main_process:
             for cb in learn.cbs:
                 if isinstance(cb, ProgressCB): self.silenced.append((cb, 'bars', cb.bars)); cb.bars = False
-                if isinstance(cb, MetricsCB): self.silenced.append((cb, 'logger', cb.logger)); cb.logger = lambda record: None
+                if isinstance(cb, MetricsCB):
+                    self.silenced.append((cb, 'logger', cb.logger)); cb.logger = lambda record: None
 
     def backward(self, learn): self.acc.backward(learn.loss)
 
@@ -208,13 +225,15 @@ class AccelerateCB(TrainCB):
              learn:Learner, # the learner whose model to save
              path, # file to write, atomically (lesson 14's `save_model`)
             ):
-        "Save the unwrapped model's `state_dict` to `path` from the main process only, once every process has arrived here."
+        ("Save the unwrapped model's `state_dict` to `path` from the main process only, "
+         "once every process has arrived here.")
         self.acc.wait_for_everyone()
         if self.acc.is_main_process: save_model(self.acc.unwrap_model(learn.model), path)
 
 # %% ../nbs/15_distributed.ipynb #b47a79dc
 def _epoch(dls):
-    "Seconds of one training epoch of `simple_cnn` in this process (with `AccelerateCB` if it is in a process group of several)."
+    ("Seconds of one training epoch of `simple_cnn` in this process "
+     "(with `AccelerateCB` if it is in a process group of several).")
     torch.manual_seed(0)
     cb = AccelerateCB() if dist.is_initialized() and dist.get_world_size() > 1 else TrainCB()
     metrics = MetricsCB()
@@ -222,15 +241,19 @@ def _epoch(dls):
     with redirect_stdout(io.StringIO()): learn.fit(1, valid=False)
     return metrics.history[0]['seconds']
 
+# %% ../nbs/15_distributed.ipynb #68d78ca4
 def ddp_speed(n_train:int=4_096, # training images per epoch
               batch_size:int=128, # global batch size
               repeats:int=3, # rounds; medians are reported
              )->dict:
-    "Median seconds per training epoch of the lesson's CNN for 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread (DDP)."
+    ("Median seconds per training epoch of the lesson's CNN for 1 process x 2 threads, 1 x 1, "
+     "and 2 processes x 1 thread (DDP).")
     dls = fashion_dls(batch_size, n_train, verbose=False, generator=torch.Generator().manual_seed(0))
     configs = {'1 process x 2 threads': (1, 2), '1 process x 1 thread': (1, 1), '2 processes x 1 thread (DDP)': (2, 1)}
     times = {k: [] for k in configs}
-    _epoch(dls)   # warm-up, untimed: the first epoch in a process also sets up its kernels (and the forked processes inherit them)
+    # warm-up, untimed: the first epoch in a process also sets up its kernels
+    # (and the forked processes inherit them)
+    _epoch(dls)
     for r in range(repeats):
         for name in random.Random(r).sample(list(configs), len(configs)):
             n, threads = configs[name]
@@ -239,7 +262,8 @@ def ddp_speed(n_train:int=4_096, # training images per epoch
             torch.set_num_threads(threads)
             try: times[name].append(_epoch(dls))
             finally: torch.set_num_threads(old)
-    return {k: statistics.median(v) for k, v in times.items()} | {'n_train': len(dls.train.dataset), 'batch_size': batch_size, 'repeats': repeats}
+    return ({k: statistics.median(v) for k, v in times.items()}
+            | {'n_train': len(dls.train.dataset), 'batch_size': batch_size, 'repeats': repeats})
 
 def ddp_speed_table(n_train:int=4_096, # training images per epoch
                     batch_size:int=128, # global batch size
@@ -250,5 +274,6 @@ def ddp_speed_table(n_train:int=4_096, # training images per epoch
     names = [k for k in r if 'process' in k]
     base = r[names[0]]
     rows = [[k, f'{r[k]:.3f}', f'{r[k] / base:.2f}'] for k in names]
-    return format_table(f"5. Data parallel: one training epoch of the CNN, {r['n_train']:,} Fashion-MNIST images, global batch {batch_size}, "
-                        f"median of {repeats}", ['processes x threads', 'seconds/epoch', 'ratio'], rows)
+    return format_table("5. Data parallel: one training epoch of the CNN, "
+                        f"{r['n_train']:,} Fashion-MNIST images, global batch {batch_size}, median of {repeats}",
+                        ['processes x threads', 'seconds/epoch', 'ratio'], rows)

@@ -16,19 +16,23 @@ import torch
 from .download import DownloadError, atomic_write, data_dir, download, is_offline, test_size
 
 # %% ../nbs/05a_fashion.ipynb #eca81995
-IDX_TYPES = {0x08: 'B', 0x09: 'b', 0x0B: 'h', 0x0C: 'i', 0x0D: 'f', 0x0E: 'd'}  # type code -> struct format: uint8, int8, int16, int32, float32, float64
+# type code -> struct format: uint8, int8, int16, int32, float32, float64
+IDX_TYPES = {0x08: 'B', 0x09: 'b', 0x0B: 'h', 0x0C: 'i', 0x0D: 'f', 0x0E: 'd'}
 
 # %% ../nbs/05a_fashion.ipynb #4cf3c7d3
-_IDX_CODES = {np.dtype(f'>{fmt}').newbyteorder('='): code for code, fmt in IDX_TYPES.items()}  # native dtype -> type code
+# native dtype -> type code
+_IDX_CODES = {np.dtype(f'>{fmt}').newbyteorder('='): code for code, fmt in IDX_TYPES.items()}
 
-def _idx_header(code:int, dims)->bytes: return bytes([0, 0, code, len(dims)]) + b''.join(int(d).to_bytes(4, 'big') for d in dims)
+def _idx_header(code:int, dims)->bytes:
+    return bytes([0, 0, code, len(dims)]) + b''.join(int(d).to_bytes(4, 'big') for d in dims)
 
 def write_idx(path, # file to write; gzipped if its name ends in `.gz`
               x, # tensor or array of uint8, int8, int16, int32, float32 or float64
              )->Path:
     "Write `x` to `path` as an IDX file (header, then big-endian values), atomically."
     x = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x)
-    if x.dtype not in _IDX_CODES: raise ValueError(f'IDX cannot store {x.dtype}; use one of {", ".join(map(str, _IDX_CODES))}')
+    if x.dtype not in _IDX_CODES:
+        raise ValueError(f'IDX cannot store {x.dtype}; use one of {", ".join(map(str, _IDX_CODES))}')
     if x.ndim > 255: raise ValueError(f'IDX stores at most 255 dimensions, got {x.ndim}')
     data = _idx_header(_IDX_CODES[x.dtype], x.shape) + x.astype(x.dtype.newbyteorder('>')).tobytes()
     path = Path(path)
@@ -40,18 +44,24 @@ def write_idx(path, # file to write; gzipped if its name ends in `.gz`
 def idx_header(data:bytes, # the bytes of an IDX file, decompressed
                name:str='IDX data', # what to call it in error messages
               )->tuple:
-    "Parse an IDX header: `(type code, dims, offset of the first value)`, after checking `data` holds exactly those values."
+    ("Parse an IDX header: `(type code, dims, offset of the first value)`, "
+     "after checking `data` holds exactly those values.")
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f'{name} is not an IDX file: an IDX file starts with two zero bytes, this one with {data[:4].hex(" ") or "nothing"}')
+        raise ValueError(f'{name} is not an IDX file: an IDX file starts with two zero bytes, '
+                         f'this one with {data[:4].hex(" ") or "nothing"}')
     code, ndim = data[2], data[3]
     if code not in IDX_TYPES:
-        raise ValueError(f'{name}: unknown IDX type code 0x{code:02X} (known: {", ".join(f"0x{c:02X}" for c in IDX_TYPES)})')
+        raise ValueError(f'{name}: unknown IDX type code 0x{code:02X} '
+                         f'(known: {", ".join(f"0x{c:02X}" for c in IDX_TYPES)})')
     start = 4 + 4 * ndim
-    if len(data) < start: raise ValueError(f'{name} is cut short: its header needs {start} bytes for {ndim} dimensions, it has {len(data)}')
+    if len(data) < start:
+        raise ValueError(f'{name} is cut short: its header needs {start} bytes for {ndim} dimensions, '
+                         f'it has {len(data)}')
     dims = tuple(int.from_bytes(data[i:i+4], 'big') for i in range(4, start, 4))
     size = start + prod(dims) * struct.calcsize('>' + IDX_TYPES[code])
     if len(data) != size:
-        raise ValueError(f'{name} {"is cut short" if len(data) < size else "has extra bytes"}: a {" x ".join(map(str, dims)) or "scalar"} array '
+        raise ValueError(f'{name} {"is cut short" if len(data) < size else "has extra bytes"}: '
+                         f'a {" x ".join(map(str, dims)) or "scalar"} array '
                          f'of type 0x{code:02X} takes {size:,} bytes with its header, the file has {len(data):,}')
     return code, dims, start
 
@@ -103,21 +113,28 @@ def read_idx_pair(images, # IDX file of images: n x rows x cols unsigned bytes
     if y.ndim != 1 or y.dtype != torch.uint8:
         raise ValueError(f'{_name(labels)}: expected a list of label bytes, got {kind(y)}')
     if len(x) != len(y):
-        raise ValueError(f'{_name(images)} has {len(x):,} images but {_name(labels)} has {len(y):,} labels: they must come in pairs')
+        raise ValueError(f'{_name(images)} has {len(x):,} images but {_name(labels)} has {len(y):,} labels: '
+                         'they must come in pairs')
     return x, y.long()
 
 # %% ../nbs/05a_fashion.ipynb #e72ca28b
-FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                   'Ankle boot')
 FASHION_URLS = ('https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/',
                 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/')
 # our name for each file: (its file name, size of the gzip in bytes, MD5 of the gzip, MD5 of the decompressed bytes)
 FASHION_FILES = {
-    'train-images': ('train-images-idx3-ubyte.gz', 26_421_880, '8d4fb7e6c68d591d4c3dfef9ec88bf0d', 'f4a8712d7a061bf5bd6d2ca38dc4d50a'),
-    'train-labels': ('train-labels-idx1-ubyte.gz', 29_515, '25c81989df183df01b3e8a0aad5dffbe', '9018921c3c673c538a1fc5bad174d6f9'),
-    'valid-images': ('t10k-images-idx3-ubyte.gz', 4_422_102, 'bef4ecab320f06d8554ea6380940ec79', '8181f5470baa50b63fa0f6fddb340f0a'),
-    'valid-labels': ('t10k-labels-idx1-ubyte.gz', 5_148, 'bb300cfdad3c16e7a12a480ee83cd310', '15d484375f8d13e6eb1aabb0c3f46965'),
+    'train-images': ('train-images-idx3-ubyte.gz', 26_421_880,
+                     '8d4fb7e6c68d591d4c3dfef9ec88bf0d', 'f4a8712d7a061bf5bd6d2ca38dc4d50a'),
+    'train-labels': ('train-labels-idx1-ubyte.gz', 29_515,
+                     '25c81989df183df01b3e8a0aad5dffbe', '9018921c3c673c538a1fc5bad174d6f9'),
+    'valid-images': ('t10k-images-idx3-ubyte.gz', 4_422_102,
+                     'bef4ecab320f06d8554ea6380940ec79', '8181f5470baa50b63fa0f6fddb340f0a'),
+    'valid-labels': ('t10k-labels-idx1-ubyte.gz', 5_148,
+                     'bb300cfdad3c16e7a12a480ee83cd310', '15d484375f8d13e6eb1aabb0c3f46965'),
 }
-FASHION_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where Debian's and Ubuntu's `dataset-fashion-mnist` puts them
+# where Debian's and Ubuntu's `dataset-fashion-mnist` puts them
+FASHION_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')
 
 # %% ../nbs/05a_fashion.ipynb #6439db5b
 def _verified(folder:Path)->dict|None:
@@ -147,7 +164,8 @@ def _download_all(folder:Path, urls)->None:
 # %% ../nbs/05a_fashion.ipynb #beb34749
 def write_fashion_sample(folder, # where to write the four files
                         )->Path:
-    "Write the Fashion-MNIST sample bundled with miniai to `folder` as four gzipped IDX files named like the real ones (skip if present)."
+    ("Write the Fashion-MNIST sample bundled with miniai to `folder` as four gzipped IDX files "
+     "named like the real ones (skip if present).")
     folder = Path(folder)
     if all((folder/f[0]).exists() for f in FASHION_FILES.values()): return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,7 +185,8 @@ def _find_fashion(folder:Path, system_dir, urls)->tuple:
     if test_size(): return sample('this is a test-size run (MINIAI_FULL=1 for the full set)')
     if (data := _verified(folder)) is not None: return 'the data folder', paths(folder), data
     system_dir = Path(FASHION_SYSTEM_DIR if system_dir is None else system_dir)
-    if (data := _verified(system_dir)) is not None: return 'the system copy (package dataset-fashion-mnist)', paths(system_dir), data
+    if (data := _verified(system_dir)) is not None:
+        return 'the system copy (package dataset-fashion-mnist)', paths(system_dir), data
     if is_offline(): reason = 'MINIAI_OFFLINE is set and no verified full copy was found'
     else:
         try:
@@ -181,7 +200,8 @@ def fashion_paths(folder:str|Path|None=None, # where to keep the files (default:
                   urls:list[str]|None=None, # base URLs to download from, in order (default: `FASHION_URLS`)
                   verbose:bool=True, # print where the files came from
                  )->dict:
-    "Paths of the four Fashion-MNIST files (`train-images`, ..., `valid-labels`), from the first good source; prints which."
+    ("Paths of the four Fashion-MNIST files (`train-images`, ..., `valid-labels`), "
+     "from the first good source; prints which.")
     source, paths, _ = _find_fashion(Path(folder) if folder else data_dir()/'fashion-mnist', system_dir, urls)
     if verbose: print(f'Fashion-MNIST files: {source}')
     return paths
@@ -203,15 +223,18 @@ def _check_cache(path:Path)->tuple|None:
             if md5.hexdigest() != FASHION_FILES[f'{split}-{kind}'][3]: return None
     return tuple((torch.from_numpy(arrays[f'x_{s}']), torch.from_numpy(arrays[f'y_{s}']).long()) for s in _SPLITS)
 
+# %% ../nbs/05a_fashion.ipynb #0b4d1787
 def load_fashion(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
                  system_dir:str|Path|None=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
                  urls:list[str]|None=None, # base URLs to download from, in order (default: `FASHION_URLS`)
                  verbose:bool=True, # print where the data came from
                 ):
-    "Fashion-MNIST as `((x_train, y_train), (x_valid, y_valid))`: uint8 images n x 28 x 28, int64 labels; prints the source."
+    ("Fashion-MNIST as `((x_train, y_train), (x_valid, y_valid))`: uint8 images n x 28 x 28, int64 labels; "
+     "prints the source.")
     folder = Path(folder) if folder else data_dir()/'fashion-mnist'
     cache = folder/'fashion-mnist.npz'
-    if not test_size() and cache.exists() and (splits := _check_cache(cache)) is not None: source = 'the data folder (decoded earlier, verified now)'
+    if not test_size() and cache.exists() and (splits := _check_cache(cache)) is not None:
+        source = 'the data folder (decoded earlier, verified now)'
     else:
         source, paths, data = _find_fashion(folder, system_dir, urls)
         data = data or paths
@@ -220,7 +243,9 @@ def load_fashion(folder:str|Path|None=None, # where to keep the files (default: 
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 with atomic_write(cache) as f:
-                    np.savez(f, **{f'{k}_{s}': t.to(torch.uint8).numpy() for s, (x, y) in zip(_SPLITS, splits) for k, t in (('x', x), ('y', y))})
+                    np.savez(f, **{f'{k}_{s}': t.to(torch.uint8).numpy()
+                                   for s, (x, y) in zip(_SPLITS, splits) for k, t in (('x', x), ('y', y))})
             except OSError: pass  # a read-only data folder: load from the files each time
-    if verbose: print(f'Fashion-MNIST: {len(splits[0][0]):,} train and {len(splits[1][0]):,} valid images from {source}')
+    if verbose:
+        print(f'Fashion-MNIST: {len(splits[0][0]):,} train and {len(splits[1][0]):,} valid images from {source}')
     return splits

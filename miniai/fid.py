@@ -21,12 +21,16 @@ from .metrics import Accuracy, MetricsCB
 from .sched import OneCycleCB
 
 # %% ../nbs/18_fid.ipynb #51e96343
-def fid_cnn(nfs:tuple=(16, 32, 64, 128), # channels: the first convolution's, then one stride-2 convolution per further entry
+def fid_cnn(
+            # channels: the first convolution's, then one stride-2 convolution per further entry
+            nfs:tuple=(16, 32, 64, 128),
             n_out:int=10, # classes
            )->nn.Sequential:
-    "A small CNN for 32x32 one-channel images: batch-normalised convolutions down to 2x2, global average pooling to `nfs[-1]` features, a linear head."
+    ("A small CNN for 32x32 one-channel images: batch-normalised convolutions down to 2x2, "
+     "global average pooling to `nfs[-1]` features, a linear head.")
     layers = [conv(1, nfs[0], ks=5, stride=1, norm=True)] + [conv(ni, nf, norm=True) for ni, nf in zip(nfs, nfs[1:])]
-    return nn.Sequential(*layers, conv(nfs[-1], nfs[-1], norm=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nfs[-1], n_out))
+    return nn.Sequential(*layers, conv(nfs[-1], nfs[-1], norm=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(nfs[-1], n_out))
 
 # %% ../nbs/18_fid.ipynb #8578cf32
 def train_fid_classifier(dls, # `DataLoaders` of `(images, labels)`, images [batch, 1, 32, 32]
@@ -34,7 +38,8 @@ def train_fid_classifier(dls, # `DataLoaders` of `(images, labels)`, images [bat
                          lr:float=1e-2, # peak learning rate of the one cycle
                          seed:int=0, # seeds the initial weights (and the global generator the shuffling draws from)
                         )->TrainLearner:
-    "Train a `fid_cnn()` with lesson 14's recipe (AdamW, weight decay 0.01, one cycle), printing the loss and accuracy of each pass; the `Learner`."
+    ("Train a `fid_cnn()` with lesson 14's recipe (AdamW, weight decay 0.01, one cycle), "
+     "printing the loss and accuracy of each pass; the `Learner`.")
     torch.manual_seed(seed)
     learn = TrainLearner(fid_cnn(), dls, F.cross_entropy, lr=lr, opt_func=partial(torch.optim.AdamW, weight_decay=1e-2),
                          cbs=[DeviceCB(), MetricsCB(Accuracy()), OneCycleCB(lr)])
@@ -42,10 +47,12 @@ def train_fid_classifier(dls, # `DataLoaders` of `(images, labels)`, images [bat
     return learn
 
 def fid_classifier(verbose:bool=True, # print whether it was loaded or trained
-                   path:str|Path|None=None, # where it is kept (default: `models_dir()/'fid_classifier.pt'`, beside lesson 17's model)
+                   # where it is kept (default: `models_dir()/'fid_classifier.pt'`, beside lesson 17's model)
+                   path:str|Path|None=None,
                    epochs:int=3, # epochs, if it has to be trained
                   )->nn.Sequential:
-    "The classifier whose features FID and KID compare: loaded from `path`, or trained on `fashion32_dls` (minutes) and saved there; on the CPU, in evaluation mode."
+    ("The classifier whose features FID and KID compare: loaded from `path`, "
+     "or trained on `fashion32_dls` (minutes) and saved there; on the CPU, in evaluation mode.")
     path = Path(path) if path else models_dir()/'fid_classifier.pt'
     model = fid_cnn()
     with file_lock(path):
@@ -68,7 +75,8 @@ def _as_feats(f, name:str)->torch.Tensor:
     f = torch.as_tensor(f)
     if f.ndim != 2: raise ValueError(f'{name} must be a matrix [samples, features], got shape {tuple(f.shape)}')
     f = f.double()
-    if not torch.isfinite(f).all(): raise ValueError(f'{name} has {int((~torch.isfinite(f)).sum())} non-finite values (NaN or inf)')
+    if not torch.isfinite(f).all():
+        raise ValueError(f'{name} has {int((~torch.isfinite(f)).sum())} non-finite values (NaN or inf)')
     return f
 
 def gaussian_stats(feats, # features [n, d], one row per image (n >= 2)
@@ -85,7 +93,8 @@ def sqrtm_newton_schulz(a:torch.Tensor, # symmetric positive semi-definite matri
                         max_iters:int=100, # most iterations
                         tol:float|None=None, # stop when a step changes the root by less than this, relative to its size (default: 1e-11 in float64, 1e-5 in lower precision)
                        )->torch.Tensor:
-    "Square root of a symmetric positive semi-definite matrix by the coupled Newton-Schulz iteration: matrix products only."
+    ("Square root of a symmetric positive semi-definite matrix by the coupled Newton-Schulz iteration: "
+     "matrix products only.")
     if a.ndim != 2 or a.shape[0] != a.shape[1]: raise ValueError(f'need a square matrix, got shape {tuple(a.shape)}')
     if not torch.isfinite(a).all(): raise ValueError('the matrix has non-finite values (NaN or inf)')
     norm = torch.linalg.matrix_norm(a)
@@ -109,19 +118,24 @@ def frechet_distance(mu1, # mean of the first Gaussian [d]
                      mu2, # mean of the second Gaussian [d]
                      cov2, # its covariance [d, d]
                     )->float:
-    "Fréchet distance between N(mu1, cov1) and N(mu2, cov2): |mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1^1/2 cov2 cov1^1/2)^1/2), in float64."
+    ("Fréchet distance between N(mu1, cov1) and N(mu2, cov2): "
+     "|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1^1/2 cov2 cov1^1/2)^1/2), in float64.")
     mu1, cov1, mu2, cov2 = (torch.as_tensor(o).double() for o in (mu1, cov1, mu2, cov2))
     if mu1.ndim != 1 or mu1.shape != mu2.shape or cov1.shape != (len(mu1), len(mu1)) or cov2.shape != cov1.shape:
-        raise ValueError(f'shapes do not match: mu1 {tuple(mu1.shape)}, cov1 {tuple(cov1.shape)}, mu2 {tuple(mu2.shape)}, cov2 {tuple(cov2.shape)}')
+        raise ValueError(f'shapes do not match: mu1 {tuple(mu1.shape)}, cov1 {tuple(cov1.shape)}, '
+                         f'mu2 {tuple(mu2.shape)}, cov2 {tuple(cov2.shape)}')
     h = sqrtm_newton_schulz(cov1)
     m = h @ cov2 @ h
     tr_covmean = sqrtm_newton_schulz((m + m.T) / 2).trace()
     return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * tr_covmean)
 
 def _check_pair(feats1, feats2, min_n:int=2)->tuple:
-    "Both sets of features as float64 matrices with the same number of features and at least `min_n` rows, or a clear error."
+    ("Both sets of features as float64 matrices with the same number of features and at least `min_n` rows, "
+     "or a clear error.")
     f1, f2 = _as_feats(feats1, 'feats1'), _as_feats(feats2, 'feats2')
-    if f1.shape[1] != f2.shape[1]: raise ValueError(f'feature sizes differ: feats1 has {f1.shape[1]} features per sample, feats2 {f2.shape[1]}')
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f'feature sizes differ: feats1 has {f1.shape[1]} features per sample, '
+                         f'feats2 {f2.shape[1]}')
     for name, f in (('feats1', f1), ('feats2', f2)):
         if len(f) < min_n: raise ValueError(f'{name} has {len(f)} sample(s): at least {min_n} are needed')
     return f1, f2
@@ -129,7 +143,8 @@ def _check_pair(feats1, feats2, min_n:int=2)->tuple:
 def fid(feats1, # features of one set of images [n1, d]
         feats2, # features of the other [n2, d]
        )->float:
-    "Fréchet distance between the Gaussians fitted to two sets of features: FID, when they come from a classifier's penultimate layer."
+    ("Fréchet distance between the Gaussians fitted to two sets of features: "
+     "FID, when they come from a classifier's penultimate layer.")
     f1, f2 = _check_pair(feats1, feats2)
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
 
@@ -143,7 +158,8 @@ def poly_kernel(x:torch.Tensor, # samples [m, d]
 def mmd2_unbiased(x:torch.Tensor, # samples of one distribution [m, d], m >= 2
                   y:torch.Tensor, # samples of the other [n, d], n >= 2
                  )->torch.Tensor:
-    "Unbiased estimate of the squared maximum mean discrepancy between the distributions of `x` and `y`, with `poly_kernel`."
+    ("Unbiased estimate of the squared maximum mean discrepancy between the distributions of `x` and `y`, "
+     "with `poly_kernel`.")
     m, n = len(x), len(y)
     kxx, kyy = poly_kernel(x, x), poly_kernel(y, y)
     return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
@@ -160,14 +176,18 @@ def kid(feats1, # features of one set of images [n1, d]
     size = min(subset_size, len(f1), len(f2))
     total = 0.
     for _ in range(n_subsets):
-        i1, i2 = torch.randperm(len(f1), generator=generator)[:size], torch.randperm(len(f2), generator=generator)[:size]
+        i1, i2 = (torch.randperm(len(f1), generator=generator)[:size],
+                  torch.randperm(len(f2), generator=generator)[:size])
         total += float(mmd2_unbiased(f1[i1], f2[i2]))
     return total / n_subsets
 
 # %% ../nbs/18_fid.ipynb #5300ab1e
 class ImageEval:
-    "FID and KID of images against a fixed set of real images, in the feature space of a classifier: the real images' features are computed once."
-    def __init__(self, classifier:nn.Sequential, # e.g. `fid_classifier()`; the features are what its last layer receives
+    ("FID and KID of images against a fixed set of real images, in the feature space of a classifier: "
+     "the real images' features are computed once.")
+    def __init__(self,
+                 # e.g. `fid_classifier()`; the features are what its last layer receives
+                 classifier:nn.Sequential,
                  real_images:torch.Tensor, # the reference images [n, 1, 32, 32], in [-1, 1]
                  batch_size:int=500, # images per forward pass
                 ):
@@ -178,12 +198,16 @@ class ImageEval:
 
     def features(self, x:torch.Tensor)->torch.Tensor:
         "Features [n, d] (float64) of the images `x` [n, channels, height, width], the size of the real images."
-        if not isinstance(x, torch.Tensor) or x.ndim != 4: raise ValueError(f'expected images [n, channels, height, width], got {getattr(x, "shape", type(x))}')
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise ValueError('expected images [n, channels, height, width], '
+                             f'got {getattr(x, "shape", type(x))}')
         if self.image_shape and tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f'images of shape {tuple(x.shape[1:])} cannot be compared with real images of shape {self.image_shape}')
+            raise ValueError(f'images of shape {tuple(x.shape[1:])} cannot be compared '
+                             f'with real images of shape {self.image_shape}')
         device = next(self.body.parameters()).device
         self.body.eval()
-        with torch.no_grad(): return torch.cat([self.body(b.to(device).float()).double().cpu() for b in x.split(self.batch_size)])
+        with torch.no_grad():
+            return torch.cat([self.body(b.to(device).float()).double().cpu() for b in x.split(self.batch_size)])
 
     def fid(self, x:torch.Tensor)->float:
         "FID of the images `x` against the real images."

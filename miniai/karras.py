@@ -24,7 +24,8 @@ from .unet import UNet
 def karras_scalings(sigma:torch.Tensor, # noise levels, any shape (positive)
                     sigma_data:float=0.5, # root mean square of the clean data
                    )->tuple:
-    "Karras et al.'s preconditioning `(c_skip, c_out, c_in, c_noise)` at `sigma`, for `D(x) = c_skip*x + c_out*F(c_in*x, c_noise)`."
+    ("Karras et al.'s preconditioning `(c_skip, c_out, c_in, c_noise)` at `sigma`, "
+     "for `D(x) = c_skip*x + c_out*F(c_in*x, c_noise)`.")
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     if sigma_data <= 0: raise ValueError(f'sigma_data must be positive, got {sigma_data}')
     if (sigma <= 0).any(): raise ValueError('noise levels must be positive (at sigma=0 there is nothing to denoise)')
@@ -38,9 +39,11 @@ def noisify_karras(x0:torch.Tensor, # clean images [batch, ...]
                    sigma_data:float=0.5, # root mean square of the clean data
                    p_mean:float=-1.2, # mean of log(sigma)
                    p_std:float=1.2, # standard deviation of log(sigma)
-                   generator:torch.Generator|None=None, # source of the noise levels and the noise (None: PyTorch's global one)
+                   # source of the noise levels and the noise (None: PyTorch's global one)
+                   generator:torch.Generator|None=None,
                   )->tuple:
-    "A training batch `((c_in*x, c_noise), target)`: a log-normal `sigma` per image, `x = x0 + sigma*noise`, and the target that makes `D(x)` equal `x0`."
+    ("A training batch `((c_in*x, c_noise), target)`: a log-normal `sigma` per image, `x = x0 + sigma*noise`, "
+     "and the target that makes `D(x)` equal `x0`.")
     dev = generator.device if generator is not None else 'cpu'
     sigma = (p_mean + p_std * torch.randn(len(x0), generator=generator, device=dev)).exp().to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=dev).to(x0.device)
@@ -64,13 +67,15 @@ class KarrasDenoiser(nn.Module):
 
 # %% ../nbs/20_karras.ipynb #8b25c23e
 class KarrasCB(Callback):
-    "Turns each batch `(images, labels)` into `(c_in*x, c_noise, target)` with `noisify_karras`, for `TrainCB(n_inp=2)` and MSE."
+    ("Turns each batch `(images, labels)` into `(c_in*x, c_noise, target)` with `noisify_karras`, "
+     "for `TrainCB(n_inp=2)` and MSE.")
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
     def __init__(self,
                  sigma_data:float=0.5, # root mean square of the clean data
                  p_mean:float=-1.2, # mean of log(sigma)
                  p_std:float=1.2, # standard deviation of log(sigma)
-                 generator:torch.Generator|None=None, # source of the noise levels and noise (None: PyTorch's global one)
+                 # source of the noise levels and noise (None: PyTorch's global one)
+                 generator:torch.Generator|None=None,
                 ): self.sigma_data, self.p_mean, self.p_std, self.generator = sigma_data, p_mean, p_std, generator
     def before_batch(self, learn):
         (x, c_noise), target = noisify_karras(learn.batch[0], self.sigma_data, self.p_mean, self.p_std, self.generator)
@@ -90,10 +95,12 @@ def train_karras(model:nn.Module, # the network `F`, e.g. `UNet()`
                  sigma_data:float=0.5, # root mean square of the training images
                  cbs:list=(), # extra callbacks
                 )->Learner:
-    "Train `model` as Karras et al.'s `F` (MSE on `KarrasCB` batches; AdamW, one cycle, channels-last; no validation pass); the `Learner`'s `log` holds the losses and seconds."
+    ("Train `model` as Karras et al.'s `F` (MSE on `KarrasCB` batches; AdamW, one cycle, channels-last; "
+     "no validation pass); the `Learner`'s `log` holds the losses and seconds.")
     log = LossLogCB()
     learn = Learner(model, dls, F.mse_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), KarrasCB(sigma_data), ChannelsLastCB(), TrainCB(n_inp=2), OneCycleCB(lr), log, *cbs])
+                    cbs=[DeviceCB(), KarrasCB(sigma_data), ChannelsLastCB(), TrainCB(n_inp=2), OneCycleCB(lr),
+                         log, *cbs])
     learn.log = log
     learn.fit(epochs, valid=False)
     return learn
@@ -104,10 +111,12 @@ def sigmas_karras(n:int, # noise levels before the final 0 (sampling steps)
                   sigma_max:float=80., # the first noise level
                   rho:float=7., # 1 spaces them uniformly in sigma; larger crowds them at low noise
                  )->torch.Tensor:
-    "Karras et al.'s `n` noise levels from `sigma_max` down to `sigma_min`, uniform in `sigma**(1/rho)`, then a final 0: shape `[n+1]`."
+    ("Karras et al.'s `n` noise levels from `sigma_max` down to `sigma_min`, uniform in `sigma**(1/rho)`, "
+     "then a final 0: shape `[n+1]`.")
     if isinstance(n, bool) or not isinstance(n, int): raise TypeError(f'n must be an int, got {n!r}')
     if n < 1: raise ValueError(f'n must be at least 1, got {n}')
-    if not 0 < sigma_min < sigma_max: raise ValueError(f'need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}')
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f'need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}')
     if rho <= 0: raise ValueError(f'rho must be positive, got {rho}')
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
@@ -131,7 +140,8 @@ def sample_heun(denoiser, # `denoiser(x, sigma)`: the clean images it estimates 
                 sigmas:torch.Tensor, # decreasing noise levels ending in 0, e.g. `sigmas_karras`
                 generator:torch.Generator|None=None, # unused (the sampler is deterministic); for a common signature
                )->torch.Tensor:
-    "Heun's method: an Euler step, then a step with the average of the slopes at both ends; the step to 0 is plain Euler, so `n` steps make `2n-1` calls."
+    ("Heun's method: an Euler step, then a step with the average of the slopes at both ends; "
+     "the step to 0 is plain Euler, so `n` steps make `2n-1` calls.")
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         d = (x - denoiser(x, s)) / s
         x_euler = x + d * (s_next - s)
@@ -143,7 +153,8 @@ def sample_heun(denoiser, # `denoiser(x, sigma)`: the clean images it estimates 
 # %% ../nbs/20_karras.ipynb #e98437e8
 class CountCalls(nn.Module):
     "Wraps a denoiser and counts its calls (`calls`) and the images it was given (`images`)."
-    def __init__(self, denoiser): super().__init__(); self.denoiser, self.calls, self.images = denoiser, 0, 0   # the denoiser to count
+    def __init__(self, denoiser): # the denoiser to count
+        super().__init__(); self.denoiser, self.calls, self.images = denoiser, 0, 0
     def forward(self, x, sigma):
         self.calls += 1; self.images += len(x)
         return self.denoiser(x, sigma)
@@ -153,52 +164,64 @@ def ancestral_step(sigma_from:float, # the current noise level
                    sigma_to:float, # the next one (0 for the last step)
                    eta:float=1., # 1: DDPM's amount of fresh noise; 0: none (plain Euler)
                   )->tuple:
-    "Split a step from `sigma_from` to `sigma_to` into `(sigma_down, sigma_up)`: an ODE step to `sigma_down`, then fresh noise of std `sigma_up`; `sigma_down**2 + sigma_up**2 = sigma_to**2`."
-    if not 0 <= sigma_to <= sigma_from or sigma_from <= 0: raise ValueError(f'need 0 <= sigma_to <= sigma_from and sigma_from > 0, got {sigma_from} and {sigma_to}')
+    ("Split a step from `sigma_from` to `sigma_to` into `(sigma_down, sigma_up)`: an ODE step to `sigma_down`, "
+     "then fresh noise of std `sigma_up`; `sigma_down**2 + sigma_up**2 = sigma_to**2`.")
+    if not 0 <= sigma_to <= sigma_from or sigma_from <= 0:
+        raise ValueError('need 0 <= sigma_to <= sigma_from and sigma_from > 0, '
+                         f'got {sigma_from} and {sigma_to}')
     if eta < 0: raise ValueError(f'eta must be >= 0, got {eta}')
     sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
     return (sigma_to ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 @torch.no_grad()
-def sample_euler_ancestral(denoiser, # `denoiser(x, sigma)`: the clean images it estimates from `x` at noise level `sigma`
+def sample_euler_ancestral(
+                           # `denoiser(x, sigma)`: the clean images it estimates from `x` at noise level `sigma`
+                           denoiser,
                            x:torch.Tensor, # the starting noise: `sigmas[0]` times a standard normal
                            sigmas:torch.Tensor, # decreasing noise levels ending in 0, e.g. `sigmas_karras`
                            generator:torch.Generator|None=None, # source of the fresh noise (None: PyTorch's global one)
                            eta:float=1., # amount of fresh noise, see `ancestral_step`
                           )->torch.Tensor:
-    "Euler ancestral: at each step an Euler step down to `sigma_down`, then fresh noise of std `sigma_up` (`ancestral_step`); one call per step."
+    ("Euler ancestral: at each step an Euler step down to `sigma_down`, "
+     "then fresh noise of std `sigma_up` (`ancestral_step`); one call per step.")
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         sigma_down, sigma_up = ancestral_step(float(s), float(s_next), eta)
         x = x + (x - denoiser(x, s)) / s * (sigma_down - s)
         if sigma_up > 0:
-            x = x + sigma_up * torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else 'cpu').to(x)
+            x = x + sigma_up * torch.randn(x.shape, generator=generator,
+                                           device=generator.device if generator is not None else 'cpu').to(x)
     return x
 
 # %% ../nbs/20_karras.ipynb #a4ea7798
 def karras_sample(denoiser, # `denoiser(x, sigma)`, e.g. a `KarrasDenoiser`
                   n:int, # images to make
                   steps:int, # noise levels the sampler visits (Heun: `2*steps-1` calls)
-                  sampler=sample_heun, # `sample_euler`, `sample_heun`, `sample_euler_ancestral` or another with their signature
+                  # `sample_euler`, `sample_heun`, `sample_euler_ancestral` or another with their signature
+                  sampler=sample_heun,
                   sigma_min:float=0.01, # the last nonzero noise level
                   sigma_max:float=80., # the first noise level
                   rho:float=7., # spacing of the noise levels, see `sigmas_karras`
                   size:int=32, # height and width
                   channels:int=1, # image channels
-                  generator:torch.Generator|None=None, # source of the starting noise and the sampler's (None: PyTorch's global one)
+                  # source of the starting noise and the sampler's (None: PyTorch's global one)
+                  generator:torch.Generator|None=None,
                   batch_size:int=250, # images per call of the denoiser
                  )->torch.Tensor:
-    "`n` new images `[n, channels, size, size]` in [-1, 1]: noise at `sigma_max`, then `sampler` over `sigmas_karras(steps, ...)`."
+    ("`n` new images `[n, channels, size, size]` in [-1, 1]: noise at `sigma_max`, "
+     "then `sampler` over `sigmas_karras(steps, ...)`.")
     sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho)
     x = sigma_max * torch.randn((n, channels, size, size), generator=generator)
     if isinstance(denoiser, nn.Module):
         denoiser.eval()
         p = next(denoiser.parameters(), None)
         x = x.to(p.device) if p is not None else x
-    return torch.cat([sampler(denoiser, xb, sigmas.to(xb.device), generator=generator) for xb in x.split(batch_size)]).clamp(-1, 1).cpu()
+    return torch.cat([sampler(denoiser, xb, sigmas.to(xb.device), generator=generator)
+                      for xb in x.split(batch_size)]).clamp(-1, 1).cpu()
 
 # %% ../nbs/20_karras.ipynb #c473ba77
 class VPDenoiser(nn.Module):
-    "A noise predictor `model(x_t, t)` trained on alpha-bar `abar` (lesson 17's DDPM) as a denoiser `D(x, sigma)` for the samplers here."
+    ("A noise predictor `model(x_t, t)` trained on alpha-bar `abar` (lesson 17's DDPM) "
+     "as a denoiser `D(x, sigma)` for the samplers here.")
     def __init__(self,
                  model:nn.Module, # the noise predictor
                  abar:torch.Tensor, # alpha-bar [T] it was trained with
@@ -211,8 +234,11 @@ class VPDenoiser(nn.Module):
         "The smallest and largest noise levels of the schedule."
         return self.log_sigmas[0].exp().item(), self.log_sigmas[-1].exp().item()
     def t_of_sigma(self, sigma:torch.Tensor)->torch.Tensor:
-        "The (fractional) step whose noise level is `sigma`, interpolating `log(sigma)` between steps and clamping to the schedule's range."
-        ls, log_sigma = self.log_sigmas, torch.as_tensor(sigma, dtype=torch.float32, device=self.log_sigmas.device).log().clamp(self.log_sigmas[0], self.log_sigmas[-1])
+        ("The (fractional) step whose noise level is `sigma`, interpolating `log(sigma)` between steps "
+         "and clamping to the schedule's range.")
+        ls, log_sigma = (self.log_sigmas,
+                         torch.as_tensor(sigma, dtype=torch.float32, device=self.log_sigmas.device).log()
+                         .clamp(self.log_sigmas[0], self.log_sigmas[-1]))
         i = torch.searchsorted(ls, log_sigma).clamp(1, len(ls) - 1)
         return (i - 1) + (log_sigma - ls[i - 1]) / (ls[i] - ls[i - 1])
     def forward(self, x, sigma):
@@ -224,7 +250,8 @@ class VPDenoiser(nn.Module):
 def trained_karras(epochs:int=1, # passes over the training images, if it has to train
                    verbose:bool=True, # say where the model came from
                   )->tuple:
-    "This lesson's denoiser and its training record: `(KarrasDenoiser, dict)`, loaded from `models_dir()`, or trained there with `train_karras` when missing."
+    ("This lesson's denoiser and its training record: `(KarrasDenoiser, dict)`, loaded from `models_dir()`, "
+     "or trained there with `train_karras` when missing.")
     from miniai.datasets import fashion32_dls
     path = models_dir()/f'karras_fashion_e{epochs}.pt'
     rec_path = path.with_suffix('.json')
@@ -233,7 +260,8 @@ def trained_karras(epochs:int=1, # passes over the training images, if it has to
         if path.is_file() and rec_path.is_file():
             load_model(model, path)
             record = json.loads(rec_path.read_text())
-            if verbose: print(f'the Karras model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
+            if verbose: print(f'the Karras model trained for {epochs} epoch(s), '
+                              f'loaded from the data folder ({path.name})')
         else:
             if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_karras')
             dls = fashion32_dls(64, verbose=verbose)
@@ -249,23 +277,33 @@ def trained_karras(epochs:int=1, # passes over the training images, if it has to
 # %% ../nbs/20_karras.ipynb #08c3f39a
 def sampling_speed_table(n:int=64, # images per sampling run
                          repeats:int=3, # timed rounds (interleaved); the median is shown
-                         model:nn.Module|None=None, # the network (default: lesson 16's `UNet()` with random weights: speed only)
+                         # the network (default: lesson 16's `UNet()` with random weights: speed only)
+                         model:nn.Module|None=None,
                          steps:tuple=(25, 50, 100), # DDIM step counts to time
                         )->str:
-    "Seconds to make `n` 32x32 images with each sampler of lessons 17, 19 and 20, at their usual numbers of model calls, as a table."
+    ("Seconds to make `n` 32x32 images with each sampler of lessons 17, 19 and 20, "
+     "at their usual numbers of model calls, as a table.")
     from miniai.ddpm import abar_from_betas, linear_betas, ddpm_sample
     from miniai.samplers import ddim_sample
     from miniai.timing import time_interleaved
     model = (UNet() if model is None else model).eval()
     abar, denoiser = abar_from_betas(linear_betas()), KarrasDenoiser(model)
     def g(): return torch.Generator().manual_seed(0)
-    runs = {f'DDPM (lesson 17), {max(steps)} steps': (max(steps), lambda: ddpm_sample(model, abar, n, steps=max(steps), generator=g()))}
-    runs.update({f'DDIM (lesson 19), {s} steps': (s, partial(lambda s: ddim_sample(model, abar, n, s, generator=g()), s)) for s in steps})
+    runs = {f'DDPM (lesson 17), {max(steps)} steps':
+                (max(steps), lambda: ddpm_sample(model, abar, n, steps=max(steps), generator=g()))}
+    runs.update({f'DDIM (lesson 19), {s} steps':
+                     (s, partial(lambda s: ddim_sample(model, abar, n, s, generator=g()), s)) for s in steps})
     half = min(steps) // 2 + 1   # Heun with this many levels makes 2*half-1 calls
-    runs.update({f'Euler, {min(steps)} steps': (min(steps), lambda: karras_sample(denoiser, n, min(steps), sample_euler, generator=g())),
-                 f'Euler ancestral, {min(steps)} steps': (min(steps), lambda: karras_sample(denoiser, n, min(steps), sample_euler_ancestral, generator=g())),
-                 f'Heun, {half} steps': (2 * half - 1, lambda: karras_sample(denoiser, n, half, sample_heun, generator=g()))})
+    runs.update({f'Euler, {min(steps)} steps':
+                     (min(steps), lambda: karras_sample(denoiser, n, min(steps), sample_euler, generator=g())),
+                 f'Euler ancestral, {min(steps)} steps':
+                     (min(steps), lambda: karras_sample(denoiser, n, min(steps), sample_euler_ancestral,
+                                                        generator=g())),
+                 f'Heun, {half} steps':
+                     (2 * half - 1, lambda: karras_sample(denoiser, n, half, sample_heun, generator=g()))})
     with torch.no_grad(): secs = time_interleaved({k: f for k, (_, f) in runs.items()}, repeats=repeats, warmup=0)
     rows = [[k, calls, f'{secs[k]:.2f}', f'{secs[k] / calls * 1e3:.1f}'] for k, (calls, _) in runs.items()]
-    return format_table(f'Sampling {n} images of 32x32 ({sum(p.numel() for p in model.parameters()):,}-parameter U-Net, median of {repeats} interleaved rounds)',
+    return format_table(f'Sampling {n} images of 32x32 '
+                        f'({sum(p.numel() for p in model.parameters()):,}-parameter U-Net, '
+                        f'median of {repeats} interleaved rounds)',
                         ['sampler', 'model calls', f'seconds per {n} images', 'ms per call'], rows)

@@ -36,7 +36,8 @@ def ddim_step(x_t:torch.Tensor, # the noisy images at timestep t
               noise:torch.Tensor|None=None, # fresh standard normal noise, needed when `eta > 0` (and `abar_prev < 1`)
               clip:bool=False, # clamp the estimated clean image to [-1, 1] (and recompute the noise from it)
              )->tuple:
-    "One DDIM update: estimate the clean image `x0` from the predicted noise, then move to `abar_prev`. Returns `(x_prev, x0)`."
+    ("One DDIM update: estimate the clean image `x0` from the predicted noise, then move to `abar_prev`. "
+     "Returns `(x_prev, x0)`.")
     abar_t, abar_prev = torch.as_tensor(abar_t, dtype=x_t.dtype), torch.as_tensor(abar_prev, dtype=x_t.dtype)
     x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
     if clip:
@@ -57,7 +58,8 @@ def ddim_sample(model:nn.Module, # predicts the noise: `model(x_t, t)` with `t` 
                 steps:int, # how many model calls (timesteps visited), 1 to T
                 eta:float=0., # 0: deterministic DDIM; 1: lesson 17's strided DDPM; between: in between
                 size:int=32, # height and width of the images
-                generator:torch.Generator|None=None, # draws the starting noise (and the fresh noise when `eta > 0`) on the CPU
+                # draws the starting noise (and the fresh noise when `eta > 0`) on the CPU
+                generator:torch.Generator|None=None,
                 x_T:torch.Tensor|None=None, # starting noise [n, channels, size, size] instead of drawing it
                 clip:bool=True, # clamp each estimate of the clean image to [-1, 1], the range of the data
                 channels:int=1, # channels of the images
@@ -68,14 +70,16 @@ def ddim_sample(model:nn.Module, # predicts the noise: `model(x_t, t)` with `t` 
     ts = ddim_timesteps(len(abar), steps)
     device = next(iter(model.parameters()), abar).device if isinstance(model, nn.Module) else abar.device
     if x_T is None: x_T = torch.randn(n, channels, size, size, generator=generator)
-    elif x_T.shape != (n, channels, size, size): raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {(n, channels, size, size)}')
+    elif x_T.shape != (n, channels, size, size):
+        raise ValueError(f'x_T has shape {tuple(x_T.shape)}, expected {(n, channels, size, size)}')
     x, abar = x_T.to(device, torch.float32), abar.to(device, torch.float32)
     was_training = getattr(model, 'training', False)
     if was_training: model.eval()
     try:
         for i, t in enumerate(ts.tolist()):
             abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else abar.new_tensor(1.)
-            eps = torch.cat([model(xb, torch.full((len(xb),), t, dtype=torch.long, device=device)) for xb in x.split(batch_size)])
+            eps = torch.cat([model(xb, torch.full((len(xb),), t, dtype=torch.long, device=device))
+                             for xb in x.split(batch_size)])
             noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 and i + 1 < len(ts) else None
             x, _ = ddim_step(x, eps, abar[t], abar_prev, eta, noise, clip)
     finally:
@@ -87,7 +91,8 @@ def slerp(a:torch.Tensor, # the start [n, ...] (weight 0)
           b:torch.Tensor, # the end, same shape (weight 1)
           w:float, # where between them, 0 to 1
          )->torch.Tensor:
-    "Spherical interpolation from `a` to `b`, image by image: along the arc between them, so noise keeps the length noise has."
+    ("Spherical interpolation from `a` to `b`, image by image: along the arc between them, "
+     "so noise keeps the length noise has.")
     af, bf = a.flatten(1).double(), b.flatten(1).double()
     theta = ((af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1))).clamp(-1, 1).acos()[:, None]
     sin = theta.sin()

@@ -19,7 +19,8 @@ except ImportError: fcntl = None   # Windows: msvcrt's locks instead
 def save_model(model:nn.Module, # the model whose parameters and buffers to save
                path:str|Path, # file to write
               )->Path:
-    "Save `model.state_dict()` to `path` atomically: written to a temporary file beside it, renamed into place only when complete."
+    ("Save `model.state_dict()` to `path` atomically: written to a temporary file beside it, "
+     "renamed into place only when complete.")
     path = Path(path)
     with atomic_write(path) as f: torch.save(model.state_dict(), f)
     return path
@@ -27,38 +28,48 @@ def save_model(model:nn.Module, # the model whose parameters and buffers to save
 def load_model(model:nn.Module, # the model to load into, in place: the architecture the file was saved from
                path:str|Path, # file written by `save_model`
               )->nn.Module:
-    "Load weights saved by `save_model` into `model` and return it; a clear error if the file is missing, unreadable or from another architecture."
+    ("Load weights saved by `save_model` into `model` and return it; "
+     "a clear error if the file is missing, unreadable or from another architecture.")
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'no saved model at {path}: save one with save_model(model, path) first')
+    if not path.is_file():
+        raise FileNotFoundError(f'no saved model at {path}: save one with save_model(model, path) first')
     try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f'{path.name} is not a state_dict saved by save_model ({type(e).__name__}: {e})') from e
+    except Exception as e:
+        raise ValueError(f'{path.name} is not a state_dict saved by save_model '
+                         f'({type(e).__name__}: {e})') from e
     if not isinstance(state, dict): raise ValueError(f'{path.name} holds a {type(state).__name__}, not a state_dict')
     return load_state(model, state, path.name)
 
+# %% ../nbs/14_augment.ipynb #869ce1a4
 def load_state(model:nn.Module, # the model to load into, in place
                state:dict, # tensors by name, as `model.state_dict()` gives them
                name:str, # where they came from, for the error message (e.g. the file's name)
                advice:str='', # what to do, added to the error message
               )->nn.Module:
-    "Load the tensors `state` into `model` after checking they are exactly the model's, with its shapes; the error names `name`, then `advice`."
+    ("Load the tensors `state` into `model` after checking they are exactly the model's, with its shapes; "
+     "the error names `name`, then `advice`.")
     own = model.state_dict()
     problems = [f'missing from the file: {sorted(missing)}'] if (missing := own.keys() - state.keys()) else []
     if extra := state.keys() - own.keys(): problems.append(f'not in the model: {sorted(extra)}')
     problems += [f'{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model'
                  for k in own if k in state and state[k].shape != own[k].shape]
-    if problems: raise ValueError(f'{name} was saved from a different architecture than this {type(model).__name__}: ' + '; '.join(problems) + advice)
+    if problems:
+        raise ValueError(f'{name} was saved from a different architecture than this {type(model).__name__}: '
+                         + '; '.join(problems) + advice)
     model.load_state_dict(state)
     return model
 
 # %% ../nbs/17_ddpm.ipynb #393c10ea
 def models_dir()->Path:
-    "Where lessons keep trained models: `data_dir()/'models'`, or `'models-test-size'` in a test-size run (created if missing)."
+    ("Where lessons keep trained models: `data_dir()/'models'`, "
+     "or `'models-test-size'` in a test-size run (created if missing).")
     path = data_dir()/('models-test-size' if test_size() else 'models')
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 # %% ../nbs/17_ddpm.ipynb #160964c3
-_held = {}   # (process id, lock file) -> [open file, depth]: the locks this process holds, so that it may take one again
+# (process id, lock file) -> [open file, depth]: the locks this process holds, so that it may take one again
+_held = {}
 
 def _lock_file(f):
     "Block until this process holds the exclusive lock on the open file `f`."
@@ -69,7 +80,8 @@ def _lock_file(f):
         except OSError: pass   # LK_LOCK gives up after 10 s: ask again
 
 def _acquire(lock:Path):
-    "Open and lock the file `lock`; retry if its holder removed it while we waited (our lock would then be on a file nobody sees)."
+    ("Open and lock the file `lock`; retry if its holder removed it while we waited "
+     "(our lock would then be on a file nobody sees).")
     while True:
         f = open(lock, 'a')
         try: _lock_file(f)
@@ -79,10 +91,14 @@ def _acquire(lock:Path):
         except FileNotFoundError: pass
         f.close()
 
+# %% ../nbs/17_ddpm.ipynb #f8c1e92c
 @contextmanager
-def file_lock(path:str|Path, # the file (or folder) to guard; the lock is a hidden `.NAME.lock` beside it, its folder made if missing
-             ):
-    "Hold an exclusive lock on `path` while the `with` block runs: other processes asking for it wait (this one may take it again)."
+def file_lock(
+    # the file (or folder) to guard; the lock is a hidden `.NAME.lock` beside it, its folder made if missing
+    path:str|Path,
+):
+    ("Hold an exclusive lock on `path` while the `with` block runs: other processes asking for it wait "
+     "(this one may take it again).")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = os.getpid(), path.parent.resolve()/f'.{path.name}.lock'   # a forked child holds none of its parent's locks
@@ -93,7 +109,8 @@ def file_lock(path:str|Path, # the file (or folder) to guard; the lock is a hidd
         _held[key][1] -= 1
         if _held[key][1] == 0:
             f = _held.pop(key)[0]
-            if fcntl is not None: key[1].unlink(missing_ok=True)   # no lock file left behind (Windows can't remove an open file)
+            # no lock file left behind (Windows can't remove an open file)
+            if fcntl is not None: key[1].unlink(missing_ok=True)
             f.close()   # releases the lock
 
 # %% ../nbs/26_text_to_image.ipynb #151a4d89

@@ -25,8 +25,11 @@ def reparameterize(mean:torch.Tensor, # means of the Gaussians, any shape
                    logvar:torch.Tensor, # their log-variances, the same shape
                    generator:torch.Generator|None=None, # source of the noise (None: PyTorch's global one)
                   )->torch.Tensor:
-    "A sample of N(mean, exp(logvar)) as `mean + exp(logvar/2) * eps`, `eps ~ N(0, 1)`: random only through `eps`, so gradients reach `mean` and `logvar`."
-    if mean.shape != logvar.shape: raise ValueError(f'mean and logvar must have the same shape, got {tuple(mean.shape)} and {tuple(logvar.shape)}')
+    ("A sample of N(mean, exp(logvar)) as `mean + exp(logvar/2) * eps`, `eps ~ N(0, 1)`: "
+     "random only through `eps`, so gradients reach `mean` and `logvar`.")
+    if mean.shape != logvar.shape:
+        raise ValueError('mean and logvar must have the same shape, '
+                         f'got {tuple(mean.shape)} and {tuple(logvar.shape)}')
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
                       device=generator.device if generator is not None else mean.device).to(mean.device)
     return mean + (0.5 * logvar).exp() * eps
@@ -35,13 +38,17 @@ def reparameterize(mean:torch.Tensor, # means of the Gaussians, any shape
 def kl_to_standard_normal(mean:torch.Tensor, # means of the Gaussians, any shape
                           logvar:torch.Tensor, # their log-variances, the same shape
                          )->torch.Tensor:
-    "KL(N(mean, exp(logvar)) || N(0, 1)) of each element, in nats, in closed form: `(mean**2 + exp(logvar) - 1 - logvar) / 2`."
-    if mean.shape != logvar.shape: raise ValueError(f'mean and logvar must have the same shape, got {tuple(mean.shape)} and {tuple(logvar.shape)}')
+    ("KL(N(mean, exp(logvar)) || N(0, 1)) of each element, in nats, in closed form: "
+     "`(mean**2 + exp(logvar) - 1 - logvar) / 2`.")
+    if mean.shape != logvar.shape:
+        raise ValueError('mean and logvar must have the same shape, '
+                         f'got {tuple(mean.shape)} and {tuple(logvar.shape)}')
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
 
 # %% ../nbs/21_vae.ipynb #94f1f9d5
 class NormActResBlock(nn.Module):
-    "Two `norm_act_conv` layers plus a shortcut (a 1x1 convolution when the channels change): lesson 16's `EmbResBlock` without the time embedding."
+    ("Two `norm_act_conv` layers plus a shortcut (a 1x1 convolution when the channels change): "
+     "lesson 16's `EmbResBlock` without the time embedding.")
     def __init__(self,
                  ni:int, # input channels
                  nf:int, # output channels
@@ -53,11 +60,13 @@ class NormActResBlock(nn.Module):
 
 # %% ../nbs/21_vae.ipynb #3244b308
 class VAE(nn.Module):
-    "A convolutional VAE: `encode(x)` gives `(mean, logvar)` of the latents, `decode(z)` images, and `forward(x)` returns `(recon, mean, logvar)` with `z` drawn by `reparameterize`."
+    ("A convolutional VAE: `encode(x)` gives `(mean, logvar)` of the latents, `decode(z)` images, "
+     "and `forward(x)` returns `(recon, mean, logvar)` with `z` drawn by `reparameterize`.")
     def __init__(self,
                  in_ch:int=1, # channels of the images
                  n_latent:int=4, # channels of the latents
-                 nfs:tuple=(16, 32, 64), # channels at each level; each level after the first halves the height and width
+                 # channels at each level; each level after the first halves the height and width
+                 nfs:tuple=(16, 32, 64),
                 ):
         super().__init__()
         if not nfs: raise ValueError('nfs needs at least one level')
@@ -67,22 +76,28 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(*enc, norm_act_conv(nfs[-1], 2 * n_latent))
         rev = self.nfs[::-1]
         dec = [nn.Conv2d(n_latent, rev[0], 3, padding=1)]
-        for ni, nf in zip(rev, rev[1:]): dec += [NormActResBlock(ni, ni), nn.Upsample(scale_factor=2.), nn.Conv2d(ni, nf, 3, padding=1)]
+        for ni, nf in zip(rev, rev[1:]):
+            dec += [NormActResBlock(ni, ni), nn.Upsample(scale_factor=2.), nn.Conv2d(ni, nf, 3, padding=1)]
         self.decoder = nn.Sequential(*dec, norm_act_conv(nfs[0], in_ch))
 
     def encode(self, x:torch.Tensor)->tuple:
-        "The means and log-variances `[batch, n_latent, height/factor, width/factor]` of the latents of images `x` `[batch, in_ch, height, width]`."
+        ("The means and log-variances `[batch, n_latent, height/factor, width/factor]` of the latents "
+         "of images `x` `[batch, in_ch, height, width]`.")
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_ch:
-            raise ValueError(f'expected images [batch, {self.in_ch}, height, width], got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+            raise ValueError(f'expected images [batch, {self.in_ch}, height, width], '
+                             f'got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
         if x.shape[-2] % self.factor or x.shape[-1] % self.factor:
-            raise ValueError(f'height and width must be multiples of {self.factor} ({len(self.nfs) - 1} halvings), got {tuple(x.shape[-2:])}: pad the images (fashion32_dls pads them to 32x32)')
+            raise ValueError(f'height and width must be multiples of {self.factor} '
+                             f'({len(self.nfs) - 1} halvings), got {tuple(x.shape[-2:])}: '
+                             'pad the images (fashion32_dls pads them to 32x32)')
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30., 20.)
 
     def decode(self, z:torch.Tensor)->torch.Tensor:
         "Images (raw decoder output, not clamped) from latents `z` `[batch, n_latent, h, w]`."
         if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.n_latent:
-            raise ValueError(f'expected latents [batch, {self.n_latent} channels, height, width], got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}')
+            raise ValueError(f'expected latents [batch, {self.n_latent} channels, height, width], '
+                             f'got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}')
         return self.decoder(z)
 
     def forward(self, x):
@@ -105,12 +120,15 @@ def vae_loss(preds:tuple, # `(recon, mean, logvar)`, what `VAE.forward` returns
             )->torch.Tensor:
     "Mean squared error of the reconstruction per pixel, plus `beta` times the mean KL to N(0, 1) per latent number."
     recon, mean, logvar = preds
-    if recon.shape != target.shape: raise ValueError(f'the reconstruction is {tuple(recon.shape)} but the target is {tuple(target.shape)}')
+    if recon.shape != target.shape:
+        raise ValueError(f'the reconstruction is {tuple(recon.shape)} but the target is {tuple(target.shape)}')
     return F.mse_loss(recon, target) + beta * kl_to_standard_normal(mean, logvar).mean()
 
 # %% ../nbs/21_vae.ipynb #f923703f
 class VAECB(Callback):
-    "Turns each batch `(images, labels)` into `(images, images)` for `TrainCB` and `vae_loss`; records each training batch's `losses`, `mses` and `kls` (mean KL per latent number), and the fit's `seconds`."
+    ("Turns each batch `(images, labels)` into `(images, images)` for `TrainCB` and `vae_loss`; "
+     "records each training batch's `losses`, `mses` and `kls` (mean KL per latent number), "
+     "and the fit's `seconds`.")
     order = DeviceCB.order + 0.5   # after the batch is on its device, before `ChannelsLastCB` lays it out
     def before_fit(self, learn): self.losses, self.mses, self.kls, self.start = [], [], [], time.perf_counter()
     def before_batch(self, learn): learn.batch = (learn.batch[0], learn.batch[0])
@@ -129,7 +147,8 @@ def train_vae(model:nn.Module, # the VAE, e.g. `VAE()`
               beta:float=1e-4, # weight of the KL term in `vae_loss`
               cbs:list=(), # extra callbacks
              )->Learner:
-    "Train `model` with `vae_loss` (AdamW, one cycle, channels-last; no validation pass) and return the `Learner`; its `log` is the `VAECB` with the losses and seconds."
+    ("Train `model` with `vae_loss` (AdamW, one cycle, channels-last; no validation pass) "
+     "and return the `Learner`; its `log` is the `VAECB` with the losses and seconds.")
     if beta < 0: raise ValueError(f'beta must be >= 0, got {beta}')
     log = VAECB()
     learn = Learner(model, dls, partial(vae_loss, beta=beta), lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
@@ -144,7 +163,8 @@ def latent_scale(vae:VAE, # the VAE whose latents to measure
                  dls, # `DataLoaders` whose `train` batches start with the images; or any iterable of such batches
                  max_batches:int|None=None, # measure only this many batches (default: all)
                 )->float:
-    "1 / the standard deviation of the latent means of the training images: multiplied by it, the latents have unit variance (Stable Diffusion's 0.18215 for its VAE)."
+    ("1 / the standard deviation of the latent means of the training images: "
+     "multiplied by it, the latents have unit variance (Stable Diffusion's 0.18215 for its VAE).")
     dl, device = getattr(dls, 'train', dls), next(vae.parameters()).device
     n, total, total_sq = 0, 0., 0.
     for i, b in enumerate(dl):
@@ -164,25 +184,33 @@ def trained_vae(epochs:int=3, # passes over the training images, if it has to tr
                 path:str|Path|None=None, # the weights' file; the record goes beside it as .json (default: in `models_dir()`, named after the settings)
                 verbose:bool=True, # say where the model came from
                )->tuple:
-    "This lesson's VAE and its training record `(VAE, dict)`: loaded from `path`, or trained there with `train_vae` (batches of 64, seed 1) when missing."
-    name = f"vae_e{epochs}_beta{beta:g}_lr{lr:g}_nfs{'-'.join(map(str, nfs))}" + ('' if n_train is None else f'_n{n_train}')
+    ("This lesson's VAE and its training record `(VAE, dict)`: loaded from `path`, "
+     "or trained there with `train_vae` (batches of 64, seed 1) when missing.")
+    name = (f"vae_e{epochs}_beta{beta:g}_lr{lr:g}_nfs{'-'.join(map(str, nfs))}"
+            + ('' if n_train is None else f'_n{n_train}'))
     path = Path(path) if path is not None else models_dir()/f'{name}.pt'
     rec_path = path.with_suffix('.json')
     with file_lock(path):
         if path.is_file() and rec_path.is_file():
             vae = VAE(nfs=nfs)
             try: load_model(vae, path)
-            except ValueError as e: raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
+            except ValueError as e:
+                raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
             try: record = json.loads(rec_path.read_text())
-            except ValueError as e: raise ValueError(f'{rec_path.name} is not a training record ({e}); delete {path.name} and {rec_path.name} to train again') from e
+            except ValueError as e:
+                raise ValueError(f'{rec_path.name} is not a training record ({e}); '
+                                 f'delete {path.name} and {rec_path.name} to train again') from e
             if verbose: print(f'the VAE trained for {epochs} epoch(s), loaded from {path.name}')
             return vae.eval(), record
-        if not train: raise FileNotFoundError(f'no {path.name} (with its record {rec_path.name}): call trained_vae with train=True (lesson 21) to train it')
+        if not train:
+            raise FileNotFoundError(f'no {path.name} (with its record {rec_path.name}): '
+                                    'call trained_vae with train=True (lesson 21) to train it')
         if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_vae')
         torch.manual_seed(1)
         dls, vae = fashion32_dls(64, n_train=n_train, verbose=verbose), VAE(nfs=nfs)
         log = train_vae(vae, dls, epochs, lr, beta).log
-        record = dict(epochs=epochs, batch_size=64, lr=lr, beta=beta, nfs=list(nfs), n_train=len(dls.train.dataset), steps=len(log.losses),
+        record = dict(epochs=epochs, batch_size=64, lr=lr, beta=beta, nfs=list(nfs),
+                      n_train=len(dls.train.dataset), steps=len(log.losses),
                       seconds=log.seconds, losses=log.losses, mses=log.mses, kls=log.kls)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(vae, path)
