@@ -107,13 +107,14 @@ def collate_batch(items:list):
     if isinstance(first, (np.ndarray, np.generic)): return torch.as_tensor(np.stack(items))
     if isinstance(first, (bool, int, float)):
         if len(kinds := {type(i).__name__ for i in items}) > 1:
-            raise TypeError(f'rows mix {" and ".join(sorted(kinds))}: the batch\'s dtype would depend on which row came first; '
-                            'make them one type')
+            raise TypeError(f'rows mix {" and ".join(sorted(kinds))}: '
+                            "the batch's dtype would depend on which row came first; make them one type")
         return torch.tensor(items, dtype=torch.float64 if isinstance(first, float) else None)
     if isinstance(first, (str, bytes)): return list(items)
     if isinstance(first, Mapping):
         if other := next((j for j, item in enumerate(items) if item.keys() != first.keys()), None):
-            raise ValueError(f'rows have different keys: {sorted(first)} in row 0, {sorted(items[other])} in row {other}')
+            raise ValueError(f'rows have different keys: {sorted(first)} in row 0, '
+                             f'{sorted(items[other])} in row {other}')
         return {key: collate_batch([item[key] for item in items]) for key in first}
     if isinstance(first, Sequence):
         if any(len(item) != len(first) for item in items):

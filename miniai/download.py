@@ -18,8 +18,9 @@ def data_dir()->Path:
     "The folder miniai keeps data in: `$MINIAI_DATA` if set, else `data` (created if missing)."
     path = Path(os.environ.get('MINIAI_DATA') or 'data')
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{'MINIAI_DATA points at' if os.environ.get('MINIAI_DATA') else 'there is'} a file, {path}, "
-                                 'where the data folder should be: point MINIAI_DATA at a folder (made if missing)')
+        where = 'MINIAI_DATA points at' if os.environ.get('MINIAI_DATA') else 'there is'
+        raise NotADirectoryError(f'{where} a file, {path}, where the data folder should be: '
+                                 'point MINIAI_DATA at a folder (made if missing)')
     path.mkdir(parents=True, exist_ok=True)
     return path
 
