@@ -50,6 +50,11 @@ class DictDataset:
          "PyTorch's `DataLoader` fetches batches this way.")
         idxs = list(idxs)
         return BatchRows(self._batch(idxs), len(idxs))
+    def head(self, n:int)->'DictDataset':
+        "The first `n` rows (all of them if there are fewer, as slicing gives), with the same transform."
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f'the number of rows must be a whole number of at least 1, got {n!r}')
+        return DictDataset({k: v[:n] for k, v in self.columns.items()}, self.transform)
     def with_transform(self, transform)->'DictDataset':
         ("A dataset on the same columns whose batches go through `transform` as they are read "
          "(the data itself is not changed).")
@@ -166,7 +171,7 @@ def fashion_dls(batch_size:int=512, # training batch size (validation batches ar
     ("Fashion-MNIST `DataLoaders` of `(images, labels)`: images `[batch, 1, 28, 28]` normalised by the "
      "training set's mean and std; other keyword arguments go to `DataLoaders.from_dd` (e.g. `num_workers`).")
     dd = fashion_dd(verbose=verbose)
-    if n_train is not None: dd['train'] = DictDataset({k: v[:n_train] for k, v in dd['train'].columns.items()})
+    if n_train is not None: dd['train'] = dd['train'].head(n_train)
     x = dd['train'].columns['image'].float() / 255
     mean, std = x.mean(), x.std()
     @inplace
@@ -185,9 +190,7 @@ def fashion32_dls(batch_size:int=64, # training batch size (validation batches a
      "images `[batch, 1, 32, 32]` in [-1, 1], padded by 2 pixels of background (-1); "
      "other keyword arguments go to `DataLoaders.from_dd`.")
     dd = fashion_dd(verbose=verbose)
-    if n_train is not None:
-        train = dd['train']
-        dd['train'] = type(train)({k: v[:n_train] for k, v in train.columns.items()})
+    if n_train is not None: dd['train'] = dd['train'].head(n_train)
     @inplace
     def to_32(b): b['image'] = F.pad(b['image'].float()[:, None] / 127.5 - 1, (2, 2, 2, 2), value=-1.)
     return DataLoaders.from_dd(dd.with_transform(to_32), batch_size, **kwargs)

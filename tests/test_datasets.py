@@ -134,3 +134,18 @@ def test_collate_refuses_dict_rows_with_other_keys():
     "default_collate keeps the first row's keys: a key that only later rows have was dropped without a word."
     with pytest.raises(ValueError, match=r"rows have different keys: \['a'\] in row 0, \['a', 'b'\] in row 1"):
         collate_batch([{'a': 1}, {'a': 2, 'b': 3}])
+
+def test_head_takes_the_first_rows_and_refuses_what_slicing_would_misread():
+    ds = DictDataset({'x': torch.arange(5), 'name': list('abcde')}, transform=lambda b: b)
+    h = ds.head(2)
+    assert h[[0, 1]]['x'].tolist() == [0, 1] and len(h) == 2 and h.columns['name'] == ['a', 'b'] and h.transform is ds.transform
+    assert len(ds.head(9)) == 5   # all of them, as slicing gives
+    for n in (-5, 0, 2.5, True):   # [:-5] would keep all but 5 rows; [:0] none
+        with pytest.raises(ValueError, match=f'a whole number of at least 1, got {n!r}'): ds.head(n)
+
+def test_fashion_loaders_refuse_a_negative_n_train(monkeypatch, tmp_path):
+    "trained_vae(n_train=-5) used to train on 59,995 images (a [:-5] slice) and name its file _n-5."
+    from miniai.datasets import fashion_dls, fashion32_dls
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path)); monkeypatch.setenv('IN_TEST', '1')
+    for loader in (fashion_dls, fashion32_dls):
+        with pytest.raises(ValueError, match='at least 1, got -5'): loader(n_train=-5, verbose=False)
