@@ -1,5 +1,6 @@
 "The text-to-image pipeline: seeded and repeatable, prompts repeated in order, the empty prompt unconditional at any guidance, save/load giving the same images, safetensors files holding exactly the state_dict, every fault (missing, cut short, other architecture, bad index, interrupted save, foreign folder), prompt and argument checks, and the measures of decoded images against lesson 22's."
 import json, math, struct
+import numpy as np
 import pytest, torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
@@ -241,3 +242,23 @@ def test_decoded_thresholds_shape_and_order(pipe):
     x = (torch.rand(60, 28, 28, generator=gen) * 255).to(torch.uint8) * (torch.rand(60, 28, 28, generator=gen) < torch.linspace(0.2, 0.8, 60)[:, None, None])
     thr = decoded_thresholds(pipe.vae, x, torch.arange(60) % 10)
     assert thr.shape == (10, 2, 2) and (thr[..., 0] <= thr[..., 1]).all()
+
+@pytest.mark.parametrize('kw', [dict(guidance_scale=np.float32(2.)), dict(guidance_scale=np.float64(2.)), dict(guidance_scale=2),
+                                dict(num_inference_steps=np.int64(3)), dict(num_images_per_prompt=np.int32(1))])
+def test_numbers_of_any_kind_are_accepted(pipe, kw):
+    "numpy float32 guidance and numpy int steps were refused while numpy float64 worked."
+    base = dict(guidance_scale=2., num_inference_steps=3, num_images_per_prompt=1)
+    torch.testing.assert_close(pipe('a bag', generator=g(0), **{**base, **kw}), pipe('a bag', generator=g(0), **base), atol=0, rtol=0)
+
+@pytest.mark.parametrize('kw,msg', [(dict(guidance_scale=True), 'guidance_scale'), (dict(num_images_per_prompt=10**9), 'at most 1,000,000 images')])
+def test_bools_and_huge_requests_are_refused(pipe, kw, msg):
+    "guidance_scale=True was taken as 1; 10**9 images built a list of a billion prompts before failing for memory."
+    with pytest.raises(ValueError, match=msg): pipe('a bag', **kw)
+
+def test_images_that_come_out_nan_raise(pipe):
+    with pytest.raises(FloatingPointError, match='not finite.*guidance_scale=1e\\+30'): pipe('a bag', num_inference_steps=2, guidance_scale=1e30, generator=g(0))
+
+@pytest.mark.parametrize('scale', [0., float('nan'), float('inf'), -1.])
+def test_latent_scale_must_be_finite_and_positive(pipe, scale):
+    with pytest.raises(ValueError, match='latent_scale must be a finite number > 0'):
+        TextToImagePipeline(pipe.vae, pipe.clip, pipe.tokenizer, pipe.denoiser, scale)
