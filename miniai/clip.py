@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .accel import ChannelsLastCB
-from .store import file_lock, load_model, models_dir, save_model
+from .store import load_or_train, load_trained, models_dir, read_config, save_trained
 from .resnet import ResNet
 from .attention import TextEncoder
 from .karras import LossLogCB
@@ -214,43 +214,30 @@ def attribute_choice(model:CLIPModel, # trained encoders
 # %% ../nbs/24_clip.ipynb #c2400048
 def save_clip(model:CLIPModel, # the trained model
               tokenizer:Tokenizer, # its tokenizer
-              path:str|Path, # weights file to write; the record goes beside it, as `.json`
+              folder:str|Path, # the model's folder, written by `save_trained`
               record:dict|None=None, # facts about the training to keep with it (epochs, seconds, losses...)
              )->Path:
-    ("Save `model`'s weights with `save_model` and, beside them, a JSON record of its configuration, "
-     "the tokenizer's vocabulary and `record`.")
-    path = Path(path)
-    save_model(model, path)
-    path.with_suffix('.json').write_text(json.dumps(dict(record or {}, config=model.config, vocab=tokenizer.itos,
-                                                         max_len=tokenizer.max_len)))
-    return path
+    "Save `model` with `save_trained`, the tokenizer's vocabulary and length in its record beside `record`."
+    return save_trained(model, folder, dict(record or {}, vocab=tokenizer.itos, max_len=tokenizer.max_len))
 
 # %% ../nbs/24_clip.ipynb #c2400049
-def load_clip(path:str|Path, # weights file written by `save_clip`
+def load_clip(folder:str|Path, # a folder written by `save_clip`
              )->tuple:
-    ("`(model, tokenizer, record)` from `save_clip`'s two files: the model rebuilt from its configuration, "
-     "the tokenizer from its vocabulary.")
-    path = Path(path)
-    rec_path = path.with_suffix('.json')
-    if not path.is_file() or not rec_path.is_file():
-        raise FileNotFoundError(f'{path.name} and {rec_path.name} must both be in {path.parent.name or "."}: '
-                                'save a model with save_clip (or train one with trained_clip)')
-    try: record = json.loads(rec_path.read_text())
-    except ValueError as e:
-        raise ValueError(f'{rec_path.name} is not valid JSON ({e}): delete both files and train again') from e
-    if not {'config', 'vocab', 'max_len'} <= set(record):
-        raise ValueError(f'{rec_path.name} lacks the model configuration or the vocabulary: '
-                         'it was not written by save_clip')
+    ("`(model, tokenizer, record)` from `save_clip`'s folder: the model rebuilt from its configuration, "
+     "the tokenizer from the vocabulary in its record, after checking that the two fit.")
+    folder = Path(folder)
+    meta, again = read_config(folder, ': save it with save_clip'), ': delete the folder and train again'
+    record, config = meta['record'], meta['config']
+    if not isinstance(record.get('vocab'), list) or not isinstance(record.get('max_len'), int):
+        raise ValueError(f'the record in {folder.name} lacks the vocabulary or its length: it was not written by save_clip')
     tokenizer = Tokenizer(record['vocab'], record['max_len'])
     if tokenizer.itos != record['vocab']:
-        raise ValueError(f'{rec_path.name}: the saved vocabulary does not start with the special tokens, '
-                         'so its ids would shift')
-    model = CLIPModel(**record['config'])
-    if len(tokenizer) != model.config['vocab_size']:
-        raise ValueError(f"{rec_path.name}: {len(tokenizer)} words in the vocabulary but "
-                         f"{model.config['vocab_size']} token embeddings")
-    load_model(model, path)
-    return model.eval(), tokenizer, record
+        raise ValueError(f'{folder.name}: the saved vocabulary does not start with the special tokens, '
+                         'so its ids would shift' + again)
+    if (len(tokenizer), tokenizer.max_len) != (config.get('vocab_size'), config.get('max_len')):
+        raise ValueError(f"{folder.name}: {len(tokenizer)} words of at most {tokenizer.max_len} tokens in the vocabulary, "
+                         f"but a text encoder for {config.get('vocab_size')} words of {config.get('max_len')}" + again)
+    return load_trained(folder, CLIPModel, again)[0], tokenizer, record
 
 # %% ../nbs/24_clip.ipynb #c2400052
 def trained_clip(epochs:int=2, # passes over the training images, if it has to train
@@ -261,27 +248,19 @@ def trained_clip(epochs:int=2, # passes over the training images, if it has to t
                  verbose:bool=True, # say where the model came from
                 )->tuple:
     ("This lesson's `(CLIPModel, Tokenizer, record)`, loaded from `models_dir()`, "
-     "or trained there with `train_clip` on Fashion-MNIST when missing.")
+     "or trained there with `train_clip` on Fashion-MNIST (seed 1) by `load_or_train` when missing.")
     from miniai.datasets import fashion32_dls
-    path = models_dir()/(f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}"
-                         f"{'' if n_train is None else f'_n{n_train}'}.pt")
-    with file_lock(path):
-        if path.is_file() and path.with_suffix('.json').is_file():
-            model, tokenizer, record = load_clip(path)
-            if tokenizer.itos != caption_tokenizer(tokenizer.max_len).itos:
-                raise ValueError(f'{path.name} was trained on another vocabulary '
-                                 'than caption_tokenizer() gives now: delete it and its .json to train again')
-            if verbose:
-                print(f'the CLIP model trained for {epochs} epoch(s), loaded from the data folder ({path.name})')
-            return model, tokenizer, record
-        if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_clip')
-        tokenizer, thresholds = caption_tokenizer(), fashion_thresholds()
-        torch.manual_seed(1)
-        model = CLIPModel(len(tokenizer), tokenizer.max_len)
+    tokenizer = caption_tokenizer()
+    def fit(model):
+        thresholds = fashion_thresholds()
         learn = train_clip(model, fashion32_dls(batch_size, n_train=n_train, verbose=verbose), tokenizer, thresholds,
                            epochs, generator=torch.Generator().manual_seed(1), p_omit=p_omit)
-        record = dict(epochs=epochs, batch_size=batch_size, n_train=len(learn.dls.train.dataset), lr=2e-3,
-                      p_omit=p_omit, steps=len(learn.log.losses), seconds=learn.log.seconds,
-                      losses=learn.log.losses, scale=model.scale.item(), thresholds=thresholds.tolist())
-        save_clip(model, tokenizer, path, record)
-        return model.eval(), tokenizer, json.loads(path.with_suffix('.json').read_text())
+        return dict(n_train=len(learn.dls.train.dataset), lr=2e-3, steps=len(learn.log.losses),
+                    seconds=learn.log.seconds, losses=learn.log.losses, scale=model.scale.item(),
+                    thresholds=thresholds.tolist())
+    name = f"clip_fashion_e{epochs}_b{batch_size}_omit{p_omit:g}{'' if n_train is None else f'_n{n_train}'}"
+    expect = (dict(epochs=epochs, batch_size=batch_size, p_omit=p_omit, vocab=tokenizer.itos, max_len=tokenizer.max_len)
+              | ({} if n_train is None else dict(n_train=n_train)))
+    model, record = load_or_train(models_dir()/name, CLIPModel, dict(vocab_size=len(tokenizer), max_len=tokenizer.max_len),
+                                  fit, f'the CLIP model trained for {epochs} epoch(s)', expect, verbose=verbose)
+    return model, tokenizer, record

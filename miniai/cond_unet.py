@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
-from .store import file_lock, load_model, models_dir, save_model
+from .store import load_or_train, models_dir, state_digest
 from .datasets import DataLoaders
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
@@ -288,52 +288,33 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
 
 # %% ../nbs/25_cond_unet.ipynb #d5d576ed
 def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 8], from `encode_latents`
-                      captions:FashionCaptions, # the same images' captions
+                      captions:FashionCaptions, # the same images' captions (None: load only, from `folder`)
                       clip:nn.Module, # the CLIP model whose text encoder conditions it
                       tokenizer:Tokenizer, # its tokenizer
                       scale:float, # the latent scale the latents were made with (kept in the record, for decoding)
                       epochs:int=3, # passes over the latents, if it has to train
                       batch_size:int=128, # latents per batch, if it has to train
                       lr:float=2e-3, # peak learning rate, if it has to train
-                      path:str|Path|None=None, # the weights' file; the record goes beside it as .json (default: in `models_dir()`, named after the settings)
+                      folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
-    ("This lesson's `(CondKarrasDenoiser, record)`: loaded from `path`, or trained there with `train_cond_unet` "
-     "(seed 1, `sigma_data` the latents' root mean square) when missing; "
-     "the record holds the configuration, `sigma_data` and the latent scale.")
-    if path is None:
-        if captions is None:
-            raise ValueError('captions are needed to name the default file (their p_omit is part of it): '
-                             'pass them, or pass path')
-        path = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}.pt'
-    path = Path(path)
-    rec_path = path.with_suffix('.json')
-    with file_lock(path):
-        if path.is_file() and rec_path.is_file():
-            try: record = json.loads(rec_path.read_text())
-            except ValueError as e:
-                raise ValueError(f'{rec_path.name} is not a training record ({e}); '
-                                 f'delete {path.name} and {rec_path.name} to train again') from e
-            if not math.isclose(record.get('latent_scale', float('nan')), scale, rel_tol=1e-6):
-                raise ValueError(f"{path.name} was trained on latents scaled by {record.get('latent_scale')}, "
-                                 f"not {scale}: another VAE's latents; "
-                                 f'delete {path.name} and {rec_path.name} to train again, or pass its own path')
-            model = CondUNet(**record['config'])
-            try: load_model(model, path)
-            except ValueError as e:
-                raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
-            if verbose: print(f'the conditioned U-Net trained for {epochs} epoch(s), loaded from {path.name}')
-            return CondKarrasDenoiser(model.eval(), record['sigma_data']), record
-        if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_cond_unet')
+    ("This lesson's `(CondKarrasDenoiser, record)`: loaded from `folder`, or trained there with `train_cond_unet` "
+     "(seed 1, `sigma_data` the latents' root mean square) by `load_or_train` when missing; "
+     "a saved model is used only with the latent scale and the CLIP model (by `state_digest`) it was trained with.")
+    if folder is None and captions is None:
+        raise ValueError('captions are needed to name the default folder (their p_omit is part of it): '
+                         'pass them, or pass folder')
+    def fit(model):
+        if captions is None: raise ValueError(f'no saved model in {Path(folder).name}, and no captions to train one with')
         sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
-        torch.manual_seed(1)
-        model = CondUNet(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
         learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr,
                                 sigma_data=sigma_data, generator=torch.Generator().manual_seed(1))
-        record = dict(config=model.config, sigma_data=sigma_data, latent_scale=scale, epochs=epochs,
-                      batch_size=batch_size, lr=lr, p_omit=captions.p_omit, n_train=len(latents),
-                      steps=len(learn.log.losses), seconds=learn.log.seconds, losses=learn.log.losses)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(model, path)
-        rec_path.write_text(json.dumps(record))
-        return CondKarrasDenoiser(model.eval(), sigma_data), record
+        return dict(sigma_data=sigma_data, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit,
+                    n_train=len(latents), steps=len(learn.log.losses), seconds=learn.log.seconds,
+                    losses=learn.log.losses)
+    if folder is None:
+        folder = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}'
+    config = dict(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
+    model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose,
+                                  expect=dict(latent_scale=scale, clip_digest=state_digest(clip)))
+    return CondKarrasDenoiser(model, record['sigma_data']), record

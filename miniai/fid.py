@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .store import file_lock, load_model, models_dir, save_model
+from .store import load_or_train, models_dir
 from .conv import conv
 from .datasets import fashion32_dls
 from .learner import DeviceCB, TrainLearner
@@ -37,36 +37,31 @@ def train_fid_classifier(dls, # `DataLoaders` of `(images, labels)`, images [bat
                          epochs:int=3, # passes over the training set
                          lr:float=1e-2, # peak learning rate of the one cycle
                          seed:int=0, # seeds the initial weights (and the global generator the shuffling draws from)
+                         model:nn.Module|None=None, # the model to train (default: a `fid_cnn()` made after seeding)
                         )->TrainLearner:
     ("Train a `fid_cnn()` with lesson 14's recipe (AdamW, weight decay 0.01, one cycle), "
      "printing the loss and accuracy of each pass; the `Learner`.")
-    torch.manual_seed(seed)
-    learn = TrainLearner(fid_cnn(), dls, F.cross_entropy, lr=lr, opt_func=partial(torch.optim.AdamW, weight_decay=1e-2),
+    if model is None: torch.manual_seed(seed); model = fid_cnn()
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, opt_func=partial(torch.optim.AdamW, weight_decay=1e-2),
                          cbs=[DeviceCB(), MetricsCB(Accuracy()), OneCycleCB(lr)])
     learn.fit(epochs)
     return learn
 
 def fid_classifier(verbose:bool=True, # print whether it was loaded or trained
-                   # where it is kept (default: `models_dir()/'fid_classifier.pt'`, beside lesson 17's model)
-                   path:str|Path|None=None,
+                   # its folder (default: `models_dir()/'fid_classifier'`, beside lesson 17's model)
+                   folder:str|Path|None=None,
                    epochs:int=3, # epochs, if it has to be trained
                   )->nn.Sequential:
-    ("The classifier whose features FID and KID compare: loaded from `path`, "
-     "or trained on `fashion32_dls` (minutes) and saved there; on the CPU, in evaluation mode.")
-    path = Path(path) if path else models_dir()/'fid_classifier.pt'
-    model = fid_cnn()
-    with file_lock(path):
-        if path.is_file():
-            load_model(model, path)
-            if verbose: print(f'FID classifier: loaded from the data folder ({path.name})')
-        else:
-            start = time.perf_counter()
-            learn = train_fid_classifier(fashion32_dls(256, verbose=verbose), epochs)
-            model = learn.model
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_model(model, path)
-            if verbose: print(f'FID classifier: trained for {epochs} epochs on {len(learn.dls.train.dataset):,} images '
-                              f'in {time.perf_counter() - start:.0f} s, saved to the data folder ({path.name})')
+    ("The classifier whose features FID and KID compare: loaded from `folder`, "
+     "or trained on `fashion32_dls` (minutes) and saved there by `load_or_train`; on the CPU, in evaluation mode.")
+    def train(model):
+        start = time.perf_counter()
+        learn = train_fid_classifier(fashion32_dls(256, verbose=verbose), epochs, model=model)
+        seconds = time.perf_counter() - start
+        if verbose: print(f'trained for {epochs} epochs on {len(learn.dls.train.dataset):,} images in {seconds:.0f} s')
+        return dict(n_train=len(learn.dls.train.dataset), seconds=round(seconds))
+    folder = Path(folder) if folder else models_dir()/'fid_classifier'
+    model, _ = load_or_train(folder, fid_cnn, {}, train, 'the FID classifier', dict(epochs=epochs), seed=0, verbose=verbose)
     return model.cpu().eval()
 
 # %% ../nbs/18_fid.ipynb #82f05727

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .accel import ChannelsLastCB
 from .sched import OneCycleCB
-from .store import file_lock, load_model, models_dir, save_model
+from .store import load_or_train, models_dir
 from .tables import format_table
 from .unet import UNet
 
@@ -251,28 +251,17 @@ def trained_karras(epochs:int=1, # passes over the training images, if it has to
                    verbose:bool=True, # say where the model came from
                   )->tuple:
     ("This lesson's denoiser and its training record: `(KarrasDenoiser, dict)`, loaded from `models_dir()`, "
-     "or trained there with `train_karras` when missing.")
+     "or trained there with `train_karras` (seed 1) by `load_or_train` when missing.")
     from miniai.datasets import fashion32_dls
-    path = models_dir()/f'karras_fashion_e{epochs}.pt'
-    rec_path = path.with_suffix('.json')
-    model = UNet()
-    with file_lock(path):
-        if path.is_file() and rec_path.is_file():
-            load_model(model, path)
-            record = json.loads(rec_path.read_text())
-            if verbose: print(f'the Karras model trained for {epochs} epoch(s), '
-                              f'loaded from the data folder ({path.name})')
-        else:
-            if verbose: print(f'no {path.name} in the data folder: training {epochs} epoch(s) with train_karras')
-            dls = fashion32_dls(64, verbose=verbose)
-            sigma_data = torch.cat([b[0] for b in dls.train]).pow(2).mean().sqrt().item()
-            torch.manual_seed(1)
-            learn = train_karras(model, dls, epochs, sigma_data=sigma_data)
-            record = dict(epochs=epochs, batch_size=64, lr=2e-3, sigma_data=sigma_data, steps=len(learn.log.losses),
-                          seconds=learn.log.seconds, losses=learn.log.losses)
-            save_model(model, path)
-            rec_path.write_text(json.dumps(record))
-    return KarrasDenoiser(model.eval(), record['sigma_data']), record
+    def train(model):
+        dls = fashion32_dls(64, verbose=verbose)
+        sigma_data = torch.cat([b[0] for b in dls.train]).pow(2).mean().sqrt().item()
+        learn = train_karras(model, dls, epochs, sigma_data=sigma_data)
+        return dict(batch_size=64, lr=2e-3, sigma_data=sigma_data, steps=len(learn.log.losses),
+                    seconds=learn.log.seconds, losses=learn.log.losses)
+    model, record = load_or_train(models_dir()/f'karras_fashion_e{epochs}', UNet, {}, train,
+                                  f'the Karras model trained for {epochs} epoch(s)', dict(epochs=epochs), verbose=verbose)
+    return KarrasDenoiser(model, record['sigma_data']), record
 
 # %% ../nbs/20_karras.ipynb #08c3f39a
 def sampling_speed_table(n:int=64, # images per sampling run

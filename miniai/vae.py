@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .accel import ChannelsLastCB
 from .sched import OneCycleCB
-from .store import file_lock, load_model, models_dir, save_model
+from .store import load_or_train, models_dir
 from .unet import norm_act_conv
 from .datasets import fashion32_dls
 
@@ -67,9 +67,12 @@ class VAE(nn.Module):
                  n_latent:int=4, # channels of the latents
                  # channels at each level; each level after the first halves the height and width
                  nfs:tuple=(16, 32, 64),
+                 # what the latents are multiplied by for a diffusion model (`latent_scale`), once measured
+                 latent_scale:float|None=None,
                 ):
         super().__init__()
         if not nfs: raise ValueError('nfs needs at least one level')
+        self.config = dict(in_ch=in_ch, n_latent=n_latent, nfs=list(nfs), latent_scale=latent_scale)
         self.in_ch, self.n_latent, self.nfs, self.factor = in_ch, n_latent, tuple(nfs), 2 ** (len(nfs) - 1)
         enc = [nn.Conv2d(in_ch, nfs[0], 3, padding=1)]
         for ni, nf in zip(nfs, nfs[1:]): enc += [nn.Conv2d(ni, nf, 3, stride=2, padding=1), NormActResBlock(nf, nf)]
@@ -181,38 +184,19 @@ def trained_vae(epochs:int=3, # passes over the training images, if it has to tr
                 nfs:tuple=(16, 32, 64), # the VAE's channels per level
                 n_train:int|None=None, # train on the first `n_train` images only (default: all 60,000)
                 train:bool=True, # train when no saved model matches (False: raise `FileNotFoundError` instead)
-                path:str|Path|None=None, # the weights' file; the record goes beside it as .json (default: in `models_dir()`, named after the settings)
+                folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                 verbose:bool=True, # say where the model came from
                )->tuple:
-    ("This lesson's VAE and its training record `(VAE, dict)`: loaded from `path`, "
-     "or trained there with `train_vae` (batches of 64, seed 1) when missing.")
+    ("This lesson's VAE and its training record `(VAE, dict)`: loaded from `folder`, or trained there with "
+     "`train_vae` (batches of 64, seed 1) by `load_or_train` when missing; its `config` holds its `latent_scale`.")
     name = (f"vae_e{epochs}_beta{beta:g}_lr{lr:g}_nfs{'-'.join(map(str, nfs))}"
             + ('' if n_train is None else f'_n{n_train}'))
-    path = Path(path) if path is not None else models_dir()/f'{name}.pt'
-    rec_path = path.with_suffix('.json')
-    with file_lock(path):
-        if path.is_file() and rec_path.is_file():
-            vae = VAE(nfs=nfs)
-            try: load_model(vae, path)
-            except ValueError as e:
-                raise ValueError(f'{e}; delete {path.name} and {rec_path.name} to train again') from e
-            try: record = json.loads(rec_path.read_text())
-            except ValueError as e:
-                raise ValueError(f'{rec_path.name} is not a training record ({e}); '
-                                 f'delete {path.name} and {rec_path.name} to train again') from e
-            if verbose: print(f'the VAE trained for {epochs} epoch(s), loaded from {path.name}')
-            return vae.eval(), record
-        if not train:
-            raise FileNotFoundError(f'no {path.name} (with its record {rec_path.name}): '
-                                    'call trained_vae with train=True (lesson 21) to train it')
-        if verbose: print(f'no {path.name} yet: training {epochs} epoch(s) with train_vae')
-        torch.manual_seed(1)
-        dls, vae = fashion32_dls(64, n_train=n_train, verbose=verbose), VAE(nfs=nfs)
+    def fit(vae):
+        dls = fashion32_dls(64, n_train=n_train, verbose=verbose)
         log = train_vae(vae, dls, epochs, lr, beta).log
-        record = dict(epochs=epochs, batch_size=64, lr=lr, beta=beta, nfs=list(nfs),
-                      n_train=len(dls.train.dataset), steps=len(log.losses),
-                      seconds=log.seconds, losses=log.losses, mses=log.mses, kls=log.kls)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(vae, path)
-        rec_path.write_text(json.dumps(record))
-        return vae.eval(), record
+        vae.config['latent_scale'] = latent_scale(vae, dls)
+        return dict(batch_size=64, nfs=list(nfs), n_train=len(dls.train.dataset), steps=len(log.losses),
+                    seconds=log.seconds, losses=log.losses, mses=log.mses, kls=log.kls)
+    expect = dict(epochs=epochs, beta=beta, lr=lr) | ({} if n_train is None else dict(n_train=n_train))
+    return load_or_train(Path(folder) if folder is not None else models_dir()/name, VAE, dict(nfs=list(nfs)), fit,
+                         f'the VAE trained for {epochs} epoch(s)', expect, can_train=train, verbose=verbose)

@@ -1,10 +1,12 @@
-"`miniai.store`: the models folder of full and test-size runs, and `file_lock`, which makes loading or training a shared model one process at a time."
-import multiprocessing, time
+"`miniai.store`: the models folder of full and test-size runs, `file_lock`, which makes loading or training a shared model one process at a time, and trained models kept as folders by `save_trained` and `load_or_train`."
+import json, multiprocessing, os, random, signal, time
 from pathlib import Path
+from types import SimpleNamespace
 import pytest
 import torch
 import miniai.ddpm as ddpm
-from miniai.store import file_lock, models_dir, save_model
+from miniai.store import (CONFIG_FILE, WEIGHTS_FILE, file_lock, load_or_train, load_state, load_trained, models_dir, read_config,
+                          save_model, save_trained, state_digest)
 from miniai.unet import UNet
 
 fork = multiprocessing.get_context('fork')
@@ -62,6 +64,7 @@ def _slow_trained_ddpm(started):
         time.sleep(1)
         with torch.no_grad():
             for p in model.parameters(): p.add_(1.)
+        return SimpleNamespace(dls=SimpleNamespace(train=[0] * 3))
     ddpm.train_ddpm, ddpm.fashion32_dls = slow_train, lambda **kw: None
     ddpm.trained_ddpm(verbose=False)
 
@@ -71,8 +74,8 @@ def test_a_lesson_saving_while_another_trains_keeps_its_model(data_dir):
     child = fork.Process(target=_slow_trained_ddpm, args=(started,)); child.start()
     _wait_for(started)
     torch.manual_seed(0)
-    mine, path = UNet(), models_dir()/ddpm.DDPM_FILE
-    with file_lock(path): save_model(mine, path)   # waits until the other process has saved
+    mine = UNet()
+    save_trained(mine, models_dir()/ddpm.DDPM_NAME)   # waits until the other process has saved
     child.join(60)
     assert child.exitcode == 0
     loaded, _ = ddpm.trained_ddpm(verbose=False)
@@ -98,3 +101,99 @@ def test_kill_9_during_save_model_never_loses_the_model(tmp_path):
         load_model(UNet(), path)
     save_model(UNet(), path)
     assert [p.name for p in tmp_path.iterdir()] == ['model.pt']   # the next save removed what the killed ones left
+
+def _small(width=4): return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.BatchNorm1d(width))
+
+def _train_small(model):
+    with torch.no_grad(): model[0].weight.fill_(0.5)
+    return dict(epochs=1)
+
+def test_load_or_train_trains_once_then_loads(tmp_path):
+    calls = []
+    def train(model): calls.append(1); return _train_small(model)
+    a, rec = load_or_train(tmp_path/'m', _small, dict(width=4), train, 'the small model', dict(data='toy'), verbose=False)
+    b, rec2 = load_or_train(tmp_path/'m', _small, dict(width=4), train, 'the small model', dict(data='toy'), verbose=False)
+    assert calls == [1] and rec == rec2 == dict(epochs=1, data='toy') and not b.training
+    assert torch.equal(a[0].weight, b[0].weight) and state_digest(a) == state_digest(b)
+    assert sorted(p.name for p in (tmp_path/'m').iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m']   # no lock or .part left
+
+def test_load_or_train_refuses_other_settings_naming_them(tmp_path):
+    "Tampered or other settings used to load silently: the vocabulary order, n_heads, max_len, the CLIP beside a U-Net."
+    load_or_train(tmp_path/'m', _small, dict(width=4), _train_small, 'the small model', dict(vocab=['a', 'b']), verbose=False)
+    with pytest.raises(ValueError, match=r"width is 4 there, not 5.*delete the folder m"):
+        load_or_train(tmp_path/'m', _small, dict(width=5), _train_small, 'the small model', verbose=False)
+    with pytest.raises(ValueError, match=r"vocab is \['a', 'b'\] there, not \['b', 'a'\]"):
+        load_or_train(tmp_path/'m', _small, dict(width=4), _train_small, 'the small model', dict(vocab=['b', 'a']), verbose=False)
+    meta = json.loads((tmp_path/'m'/CONFIG_FILE).read_text()); meta['config']['width'] = 5
+    (tmp_path/'m'/CONFIG_FILE).write_text(json.dumps(meta))   # a configuration edited by hand
+    with pytest.raises(ValueError, match='width is 5 there, not 4'):
+        load_or_train(tmp_path/'m', _small, dict(width=4), _train_small, 'the small model', verbose=False)
+
+def test_floats_in_settings_match_within_rounding(tmp_path):
+    load_or_train(tmp_path/'m', _small, {}, _train_small, 'm', dict(scale=0.574912345), verbose=False)
+    load_or_train(tmp_path/'m', _small, {}, _train_small, 'm', dict(scale=0.574912345 * (1 + 1e-9)), verbose=False)
+    with pytest.raises(ValueError, match='scale is'):
+        load_or_train(tmp_path/'m', _small, {}, _train_small, 'm', dict(scale=0.58), verbose=False)
+
+def test_a_flipped_byte_in_the_weights_is_refused(tmp_path):
+    "A flipped byte inside a weights file used to load without error: the SHA-256 in config.json catches it."
+    folder = save_trained(_small(), tmp_path/'m', config=dict(width=4))
+    raw = bytearray((folder/WEIGHTS_FILE).read_bytes()); raw[len(raw) // 2] ^= 0x10
+    (folder/WEIGHTS_FILE).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match='SHA-256 differs'): load_trained(folder, _small)
+    with pytest.raises(ValueError, match='delete the folder m'):
+        load_or_train(folder, _small, dict(width=4), _train_small, 'm', verbose=False)
+
+@pytest.mark.parametrize('meta', ['[]', '{"format": "miniai trained model, version 1"}', 'null',
+    '{"format": "miniai trained model, version 1", "model": "X", "config": [], "record": {}, "sha256": "0"}',
+    '{"format": "miniai trained model, version 1", "model": "X", "config": {}, "record": null, "sha256": "0"}'])
+def test_config_json_of_wrong_kinds_is_named(tmp_path, meta):
+    "A list or null record used to be accepted, or to fail with a raw TypeError/KeyError."
+    folder = save_trained(_small(), tmp_path/'m', config=dict(width=4))
+    (folder/CONFIG_FILE).write_text(meta)
+    with pytest.raises(ValueError, match='config.json in m was not written by save_trained'): read_config(folder)
+
+def test_weights_of_another_dtype_are_refused(tmp_path):
+    "int64, bool, complex or float16 tensors used to load silently into float32 parameters (zeros, 1.0, dropped parts, inf)."
+    model = _small()
+    for dtype in (torch.int64, torch.bool, torch.complex64, torch.float16):
+        state = {k: (v.to(dtype) if k == '0.weight' else v) for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=f'0.weight is {dtype} in the file but torch.float32 in the model'):
+            load_state(_small(), state, 'm.safetensors')
+
+def test_training_is_refused_before_it_starts_where_nothing_can_be_saved(tmp_path, monkeypatch):
+    "A read-only data folder used to fail only after all the training, losing the model."
+    import miniai.store as store
+    calls = []
+    def train(model): calls.append(1); return {}
+    def read_only(*a, **k): raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(store.tempfile, 'TemporaryFile', read_only)
+    with pytest.raises(PermissionError, match='MINIAI_DATA'):
+        load_or_train(tmp_path/'m', _small, {}, train, 'm', verbose=False)
+    assert calls == []
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path):
+    (tmp_path/'m').mkdir(); (tmp_path/'m'/'notes.txt').write_text('keep me')
+    with pytest.raises(FileExistsError, match='holds other files'):
+        load_or_train(tmp_path/'m', _small, {}, _train_small, 'm', verbose=False)
+    assert (tmp_path/'m'/'notes.txt').read_text() == 'keep me'
+
+def _save_trained_forever(folder):
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    model = UNet()
+    while True: save_trained(model, folder, dict(epochs=1))
+
+def test_kill_9_during_save_trained_never_loses_the_model(tmp_path):
+    "Fault injection: a process saving a model folder over and over is killed at random moments; a complete copy always loads."
+    torch.manual_seed(0)
+    folder = save_trained(UNet(), tmp_path/'model')
+    rng = random.Random(0)
+    for _ in range(8):
+        child = fork.Process(target=_save_trained_forever, args=(folder,)); child.start()
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(child.pid, signal.SIGKILL); child.join()
+        load_trained(folder, UNet)
+    save_trained(UNet(), folder)
+    assert [p.name for p in tmp_path.iterdir()] == ['model']   # the next save removed what the killed ones left
