@@ -231,8 +231,8 @@ def test_attribute_choice_toy():
 
 def test_save_load_round_trip(tok, tmp_path):
     m = small_model(tok).eval()
-    path = save_clip(m, tok, tmp_path/'m.pt', dict(epochs=3, losses=[1., 0.5]))
-    loaded, tk, rec = load_clip(path)
+    folder = save_clip(m, tok, tmp_path/'m', dict(epochs=3, losses=[1., 0.5]))
+    loaded, tk, rec = load_clip(folder)
     assert tk.itos == tok.itos and tk.max_len == tok.max_len and rec['epochs'] == 3 and rec['losses'] == [1., 0.5]
     assert not loaded.training
     x = torch.rand(4, 1, 32, 32) * 2 - 1
@@ -241,46 +241,51 @@ def test_save_load_round_trip(tok, tmp_path):
 
 def test_load_errors(tok, tmp_path):
     m = small_model(tok)
-    path = save_clip(m, tok, tmp_path/'m.pt')
-    with pytest.raises(FileNotFoundError, match='must both be in'): load_clip(tmp_path/'other.pt')
-    rec = path.with_suffix('.json')
-    text = rec.read_text()
-    rec.write_text('{not json')
-    with pytest.raises(ValueError, match='not valid JSON'): load_clip(path)
-    rec.write_text(json.dumps({'epochs': 1}))
-    with pytest.raises(ValueError, match='lacks the model configuration'): load_clip(path)
-    bad = json.loads(text); bad['vocab'] = bad['vocab'][:-3]
-    rec.write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match='token embeddings'): load_clip(path)
-    rec.write_text(text)
-    path.write_bytes(b'garbage')
-    with pytest.raises(ValueError, match='is not a state_dict saved by save_model'): load_clip(path)
-    path.unlink()
-    with pytest.raises(FileNotFoundError, match='must both be in'): load_clip(path)
+    folder = save_clip(m, tok, tmp_path/'m')
+    with pytest.raises(FileNotFoundError, match='not a saved model'): load_clip(tmp_path/'other')
+    config, weights = folder/'config.json', folder/'model.safetensors'
+    text = config.read_text()
+    config.write_text('{not json')
+    with pytest.raises(ValueError, match='not valid JSON'): load_clip(folder)
+    meta = json.loads(text); meta['record'] = {'epochs': 1}
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='lacks the vocabulary'): load_clip(folder)
+    meta = json.loads(text); meta['record']['vocab'] = meta['record']['vocab'][:-3]
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='words of at most'): load_clip(folder)
+    meta = json.loads(text); meta['record']['max_len'] = meta['record']['max_len'] + 4   # tampered max_len
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='words of at most'): load_clip(folder)
+    config.write_text(text)
+    weights.write_bytes(b'garbage')
+    with pytest.raises(ValueError, match='SHA-256 differs'): load_clip(folder)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match='model.safetensors is missing'): load_clip(folder)
     # weights from another architecture
-    save_clip(CLIPModel(len(tok), d_emb=16, nfs=(4, 8), d_model=16, n_heads=2, n_layers=1), tok, path)
-    other = json.loads(rec.read_text()); other['config']['d_emb'] = 32
-    rec.write_text(json.dumps(other))
-    with pytest.raises(ValueError, match='different architecture'): load_clip(path)
+    save_clip(CLIPModel(len(tok), d_emb=16, nfs=(4, 8), d_model=16, n_heads=2, n_layers=1), tok, folder)
+    other = json.loads(config.read_text()); other['config']['d_emb'] = 32
+    config.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match='different architecture'): load_clip(folder)
 
 def test_trained_clip_loads_and_checks_vocab(tok, tmp_path, monkeypatch):
     "trained_clip loads a saved model from models_dir() without training, and refuses one saved with another vocabulary."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     from miniai.store import models_dir
     m = small_model(tok)
-    save_clip(m, tok, models_dir()/'clip_fashion_e7_b32_omit0.5.pt', dict(epochs=7))
+    settings = dict(epochs=7, batch_size=32, p_omit=0.5)
+    save_clip(m, tok, models_dir()/'clip_fashion_e7_b32_omit0.5', settings)
     loaded, tk, rec = trained_clip(epochs=7, batch_size=32, verbose=False)
     assert rec['epochs'] == 7 and tk.itos == tok.itos and loaded.config == m.config
-    other = Tokenizer(tok.itos[4:] + ['hat'], tok.max_len)
-    save_clip(CLIPModel(len(other), d_emb=16, nfs=(4, 8), d_model=16, n_heads=2, n_layers=1), other, models_dir()/'clip_fashion_e8_b32_omit0.5.pt')
-    with pytest.raises(ValueError, match='another vocabulary'): trained_clip(epochs=8, batch_size=32, verbose=False)
+    swapped = tok.itos[:4] + [tok.itos[5], tok.itos[4]] + tok.itos[6:]   # two words' ids exchanged
+    save_clip(m, Tokenizer(swapped[4:], tok.max_len), models_dir()/'clip_fashion_e8_b32_omit0.5', {**settings, 'epochs': 8})
+    with pytest.raises(ValueError, match='vocab is .* there, not'): trained_clip(epochs=8, batch_size=32, verbose=False)
 
 def test_trained_clip_trains_when_missing(tmp_path, monkeypatch):
     "With no saved model, trained_clip trains (here 2 steps on 64 images), saves, and loads the same model the next time."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     model, tk, rec = trained_clip(epochs=1, batch_size=32, n_train=64, verbose=False)
     assert rec['steps'] == 2 and rec['n_train'] == 64 and len(rec['losses']) == 2 and rec['vocab'] == tk.itos and rec['p_omit'] == 0.5
-    assert (tmp_path/'models'/'clip_fashion_e1_b32_omit0.5_n64.pt').is_file()
+    assert (tmp_path/'models'/'clip_fashion_e1_b32_omit0.5_n64'/'model.safetensors').is_file()
     again, tk2, rec2 = trained_clip(epochs=1, batch_size=32, n_train=64, verbose=False)
     assert rec2 == rec
     for (n, p), q in zip(model.state_dict().items(), again.state_dict().values()): torch.testing.assert_close(p, q, msg=n)

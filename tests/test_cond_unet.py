@@ -190,18 +190,25 @@ def test_trained_cond_unet_saves_loads_and_refuses(clip_tok, tmp_path):
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
     lat = torch.randn(32, 4, 8, 8, generator=g)
-    path = tmp_path/'m.pt'
-    den, rec = trained_cond_unet(lat, FashionCaptions(images, labels), clip, tok, 1.5, epochs=1, batch_size=32, path=path, verbose=False)
-    assert rec['steps'] == 1 and rec['latent_scale'] == 1.5 and rec['config']['d_context'] == D
-    den2, rec2 = trained_cond_unet(lat, None, clip, tok, 1.5, epochs=1, batch_size=32, path=path, verbose=False)
+    folder = tmp_path/'m'
+    den, rec = trained_cond_unet(lat, FashionCaptions(images, labels), clip, tok, 1.5, epochs=1, batch_size=32, folder=folder, verbose=False)
+    assert rec['steps'] == 1 and rec['latent_scale'] == 1.5 and den.model.config['d_context'] == D
+    den2, rec2 = trained_cond_unet(lat, None, clip, tok, 1.5, epochs=1, batch_size=32, folder=folder, verbose=False)
     assert rec2 == rec
     for a, b in zip(den.model.state_dict().values(), den2.model.state_dict().values()): assert torch.equal(a, b)
-    with pytest.raises(ValueError, match='another VAE'): trained_cond_unet(lat, None, clip, tok, 1.6, path=path, verbose=False)
-    path.write_bytes(b'junk')
-    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
-    path.with_suffix('.json').write_text('{not json')
-    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, path=path, verbose=False)
+    with pytest.raises(ValueError, match='latent_scale is 1.5 there, not 1.6'):
+        trained_cond_unet(lat, None, clip, tok, 1.6, folder=folder, verbose=False)
+    torch.manual_seed(5)
+    other_clip = type(clip)(**clip.config)   # same width, other weights: a U-Net used to load beside it silently
+    with pytest.raises(ValueError, match='clip_digest is'):
+        trained_cond_unet(lat, None, other_clip, tok, 1.5, folder=folder, verbose=False)
+    (folder/'model.safetensors').write_bytes(b'junk')
+    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, folder=folder, verbose=False)
+    (folder/'config.json').write_text('{not json')
+    with pytest.raises(ValueError, match='delete'): trained_cond_unet(lat, None, clip, tok, 1.5, folder=folder, verbose=False)
     with pytest.raises(ValueError, match='captions are needed'): trained_cond_unet(lat, None, clip, tok, 1.5, verbose=False)
+    with pytest.raises(ValueError, match='no captions to train'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, folder=tmp_path/'new', verbose=False)
 
 def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_path, monkeypatch):
     "The default file name records p_omit, so a model trained on other captions is not loaded by mistake."
@@ -211,4 +218,4 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
     images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
     lat = torch.randn(32, 4, 8, 8, generator=g)
     _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32, verbose=False)
-    assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32.pt').is_file()
+    assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32'/'model.safetensors').is_file()

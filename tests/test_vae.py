@@ -176,29 +176,32 @@ def data_dir(tmp_path, monkeypatch):
 def test_trained_vae_saves_then_loads(data_dir):
     tmp_path = data_dir
     vae, record = trained_vae(**TINY)
-    files = sorted(p.name for p in (tmp_path/'models').iterdir())
-    assert files == ['vae_e1_beta0.0001_lr0.003_nfs4-8_n64.json', 'vae_e1_beta0.0001_lr0.003_nfs4-8_n64.pt']
+    folder = tmp_path/'models'/'vae_e1_beta0.0001_lr0.003_nfs4-8_n64'
+    assert sorted(p.name for p in (tmp_path/'models').iterdir()) == [folder.name]
+    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.safetensors']
     assert record['steps'] == 1 and record['n_train'] == 64 and record['nfs'] == [4, 8] and len(record['losses']) == 1
+    assert vae.config['nfs'] == [4, 8] and vae.config['latent_scale'] > 0   # the VAE keeps its latent scale
     again, record2 = trained_vae(**TINY, train=False)
-    assert record2 == record
+    assert record2 == record and again.config == vae.config
     for (k, a), b in zip(vae.state_dict().items(), again.state_dict().values()): assert torch.equal(a, b), k
     assert not again.training
 
 def test_trained_vae_refuses_missing_and_corrupt_files(data_dir, tmp_path):
-    path = tmp_path/'vae.pt'
-    with pytest.raises(FileNotFoundError, match='train=True'): trained_vae(**TINY, path=path, train=False)
-    trained_vae(**TINY, path=path)
-    assert path.with_suffix('.json').is_file()
-    good = path.read_bytes()
-    path.write_bytes(b'not a model')
-    with pytest.raises(ValueError, match='delete vae.pt and vae.json'): trained_vae(**TINY, path=path)
-    path.write_bytes(good)
-    path.with_suffix('.json').write_text('{not json')
-    with pytest.raises(ValueError, match='not a training record'): trained_vae(**TINY, path=path)
-    path.with_suffix('.json').unlink()   # weights without their record count as missing
-    with pytest.raises(FileNotFoundError, match='train=True'): trained_vae(**TINY, path=path, train=False)
+    folder = tmp_path/'vae'
+    with pytest.raises(FileNotFoundError, match='training was not allowed'): trained_vae(**TINY, folder=folder, train=False)
+    trained_vae(**TINY, folder=folder)
+    weights, config = folder/'model.safetensors', folder/'config.json'
+    good = weights.read_bytes()
+    weights.write_bytes(b'not a model')
+    with pytest.raises(ValueError, match='delete the folder vae'): trained_vae(**TINY, folder=folder)
+    weights.write_bytes(good)
+    config.write_text('{not json')
+    with pytest.raises(ValueError, match='not valid JSON.*delete the folder vae'): trained_vae(**TINY, folder=folder)
+    config.write_text('[]')   # a list where a record should be
+    with pytest.raises(ValueError, match='not written by save_trained'): trained_vae(**TINY, folder=folder)
 
-def test_trained_vae_refuses_weights_of_another_architecture(data_dir, tmp_path):
-    path = tmp_path/'vae.pt'
-    trained_vae(**TINY, path=path)
-    with pytest.raises(ValueError, match='different architecture'): trained_vae(**{**TINY, 'nfs': (4, 16)}, path=path)
+def test_trained_vae_refuses_other_settings(data_dir, tmp_path):
+    folder = tmp_path/'vae'
+    trained_vae(**TINY, folder=folder)
+    with pytest.raises(ValueError, match=r'nfs is \[4, 8\] there, not \[4, 16\]'): trained_vae(**{**TINY, 'nfs': (4, 16)}, folder=folder)
+    with pytest.raises(ValueError, match='beta is 0.0001 there, not 0.001'): trained_vae(**{**TINY, 'beta': 1e-3}, folder=folder)
