@@ -1,10 +1,12 @@
 """The documentation site (`bash .ci/docs` builds it into _docs/), checked in a real headless Chromium over a server on
 127.0.0.1: every lesson in the sidebar in order, no console errors, every image loaded, maths typeset, no internal link
-that 404s, and a search that finds "matmul". Saves screenshots of the index and of one lesson page.
+that 404s, and a search that finds "matmul". Saves screenshots of the index and of one lesson page. The API reference:
+every export a card beside its code (a class with its parameters table and methods, clean signatures), listed in
+`objects.inv` for intersphinx, in the general index and on the API page; the repository button from settings.ini.
 
 Skips (with the reason) when the site isn't built, is older than a notebook, or Debian's chromium or the `playwright`
 package (the docs extra) is missing; `.ci/run` sets MINIAI_REQUIRE_SITE=1 so that, there, a skip is a failure."""
-import functools, http.server, os, shutil, tempfile, threading
+import functools, http.server, os, re, shutil, tempfile, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 import pytest
@@ -106,7 +108,8 @@ def test_every_lesson_in_the_sidebar_in_order(server, browser):
     hrefs = page.evaluate("() => Array.from(document.querySelectorAll('.bd-docs-nav a.reference.internal')).map(a => a.getAttribute('href'))")
     page.close()
     shown = [h.split('#')[0] for h in hrefs if h.split('#')[0] not in ('', '#', 'index.html')]
-    assert shown == lesson_pages(), f'sidebar lessons {shown}\nexpected (from nbs/*.ipynb) {lesson_pages()}'
+    expected = lesson_pages() + ['api.html', 'genindex.html']   # then the reference: the API page and the index
+    assert shown == expected, f'sidebar entries {shown}\nexpected (lessons from nbs/*.ipynb, then the reference) {expected}'
 
 def test_pages_load_cleanly(pages):
     bad = {name: problems for name, (_, problems, _, _) in pages.items() if problems}
@@ -135,3 +138,88 @@ def test_search_finds_matmul(server, browser):
     page.close()
     assert not problems, problems
     assert any('matmul' in h for h in hits), f'searching "matmul" found {hits}'
+
+
+# ---- the API reference ---------------------------------------------------------------------------------------------
+
+def exported():
+    "{full name: Sphinx object type} of every name each miniai module exports (its `__all__`), and the modules."
+    import ast, importlib, inspect
+    from nbdev.config import get_config
+    out = {}
+    for py in sorted(get_config().lib_path.glob('*.py')):
+        if py.stem.startswith('_'): continue
+        mod = importlib.import_module(f'miniai.{py.stem}')
+        out[mod.__name__] = 'py:module'
+        defs = {n.name for n in ast.parse(py.read_text(encoding='utf-8')).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        for n in mod.__all__:
+            obj = getattr(mod, n)
+            out[f'{mod.__name__}.{n}'] = ('py:exception' if inspect.isclass(obj) and issubclass(obj, BaseException) else
+                                          'py:class' if inspect.isclass(obj) else 'py:function' if n in defs
+                                          else 'py:data')   # data: constants, and names for other things (rng's `seed`)
+    return out
+
+def test_objects_inv_lists_every_export():
+    "objects.inv (what intersphinx reads) has every exported name, as the right kind of Python object."
+    import posixpath
+    from sphinx.util.inventory import InventoryFile
+    with open(SITE/'objects.inv', 'rb') as f: inv = InventoryFile.load(f, '', posixpath.join)
+    assert inv['py:function']['miniai.store.save_model'].uri == 'augment.html#miniai.store.save_model'
+    missing = [f'{name} ({kind})' for name, kind in exported().items() if name not in inv.get(kind, {})]
+    assert not missing, f'exports missing from objects.inv: {missing}'
+
+def _card(browser, server, page_name, name):
+    "The card of `name` on `page_name`: its signature's text, its own table's header and first column, its methods."
+    page, problems = visit(browser, server + page_name)
+    card = page.evaluate("""name => {
+        const dt = document.getElementById(name); if (!dt) return null;
+        const dd = dt.parentElement.querySelector(':scope > dd');
+        const table = dd.querySelector(':scope > table, :scope > div > table');
+        return {sig: dt.innerText, head: table ? Array.from(table.querySelectorAll('thead th')).map(t => t.innerText.trim()) : [],
+                rows: table ? Array.from(table.querySelectorAll('tbody tr td:first-child')).map(t => t.innerText.trim()) : [],
+                methods: Array.from(dd.querySelectorAll(':scope > dl.py > dt')).map(d => d.id)}; }""", name)
+    page.close()
+    assert not problems, problems
+    assert card, f'{page_name} has no card for {name}'
+    return card
+
+def test_a_class_card_shows_its_parameters_and_methods(server, browser):
+    card = _card(browser, server, 'learner.html', 'miniai.learner.Learner')
+    assert card['sig'].startswith('class Learner(') and 'model: torch.nn.Module' in card['sig'], card['sig']
+    assert card['head'] == ['', 'Type', 'Default', 'Details'], card
+    assert card['rows'][:3] == ['model', 'dls', 'loss_func'], card
+    cb = _card(browser, server, 'learner.html', 'miniai.learner.TrainCB')
+    assert 'miniai.learner.TrainCB.predict' in cb['methods'], cb
+    exc = _card(browser, server, 'learner.html', 'miniai.learner.CancelFitException')
+    assert exc['sig'].split('\n')[0].strip().startswith('exception CancelFitException') and '*args' not in exc['sig'], exc
+
+def test_signatures_are_clean():
+    "No private module (`torch._C.Generator`) and no `def X(*args, **kwargs)` stands for a class on any page."
+    sigs = {p.name: re.findall(r'<dt class="sig[^"]*"[^>]*>(.*?)</dt>', p.read_text(encoding='utf-8'), re.S) for p in SITE.glob('*.html')}
+    dirty = {name: [re.sub('<[^>]+>', '', s)[:80] for s in ss if re.search(r'torch\._C|>def<|\bdef\s', re.sub('<[^>]+>', ' ', s))]
+             for name, ss in sigs.items()}
+    dirty = {k: v for k, v in dirty.items() if v}
+    assert not dirty, f'signatures naming private modules or shown as functions: {dirty}'
+    assert 'torch.Generator' in ''.join(sigs['augment.html']), 'augment.html: the generator parameters should read torch.Generator'
+
+def test_cards_sit_beside_their_exports():
+    "A card follows the cell that defines its name, not the lesson's end: chunks before the section after its export."
+    html = (SITE/'iterators.html').read_text(encoding='utf-8')
+    card, next_section = html.find('id="miniai.iterators.chunks"'), html.find('<section id="what-an-iterator-is"')
+    assert 0 < card < next_section, 'the card of chunks should come before the section "What an iterator is"'
+
+def test_api_page_and_indexes():
+    "The API page names every module and links each export to its card; the general and module indexes list them."
+    api, index = (SITE/'api.html').read_text(encoding='utf-8'), (SITE/'genindex.html').read_text(encoding='utf-8')
+    modules = [n for n, kind in exported().items() if kind == 'py:module']
+    assert not [m for m in modules if f'{m}</span></code>' not in api], 'the API page misses modules'
+    assert 'href="augment.html#miniai.store.save_model"' in api and 'href="augment.html#miniai.store.save_model"' in index
+    modindex = (SITE/'py-modindex.html').read_text(encoding='utf-8')
+    assert not [m for m in modules if f'>{m}<' not in modindex], 'the module index misses modules'
+
+def test_repository_button_is_settings_git_url():
+    from nbdev.config import get_config
+    url = get_config().git_url
+    html = (SITE/'index.html').read_text(encoding='utf-8')
+    assert re.search(rf'<a href="{re.escape(url)}"[^>]*\n?\s*class="btn btn-sm btn-source-repository-button"', html), \
+        f'the repository button should point at settings.ini\'s git_url {url}'

@@ -69,7 +69,8 @@ def fmt_default(value):
     "Default `value` as Python source a reader can read: a function or class by its name, `...` for what has no short repr."
     if value is inspect.Parameter.empty: return ''
     if isinstance(value, partial): return f'partial({fmt_default(value.func)}, ...)'
-    if inspect.isclass(value) or inspect.isroutine(value): return getattr(value, '__qualname__', value.__name__)
+    if inspect.isclass(value): return value.__qualname__
+    if inspect.isroutine(value): return value.__name__
     text = repr(value)
     return '...' if len(text) > 80 or ' at 0x' in text or text.startswith('<') else text
 
@@ -209,23 +210,23 @@ def param_table(d):
 DIRECTIVES = {'function': 'py:function', 'class': 'py:class', 'exception': 'py:exception', 'method': 'py:method',
               'classmethod': 'py:method', 'staticmethod': 'py:method', 'property': 'py:property'}
 
-def directive(d, indexed, fix_text=lambda s: s, depth=0):
-    """The MyST directive for description `d` (a card). `indexed` is the set of names already carded on the site: a
-    second card of one name is shown but not indexed again. `fix_text` rewrites the docstrings' links."""
-    name = fullname(d)
-    opts = []
-    if d.get('module') and depth == 0: opts.append(f":module: {LIB}.{d['module']}")
+def directive(d, indexed, fix_text=lambda s: s, parent=None):
+    """The MyST directive for description `d` (a card; `parent`: the full name of the class card it sits in). `indexed`
+    is the set of names already carded on the site: a second card of one name is shown but not indexed again.
+    `fix_text` rewrites the docstrings' links."""
+    short = d['name'].rsplit('.', 1)[-1] if parent else d['name']
+    name = f'{parent}.{short}' if parent else fullname(d)
+    opts = [f":module: {LIB}.{d['module']}"] if d.get('module') and not parent else []
     if d['kind'] in ('classmethod', 'staticmethod'): opts.append(f":{d['kind']}:")
     if d['kind'] == 'property' and d.get('returns', {}).get('anno'): opts.append(f":type: {d['returns']['anno']}")
-    if name in indexed or not d.get('module'): opts.append(':no-index:')
+    if name in indexed or not (d.get('module') or parent): opts.append(':no-index:')
     indexed.add(name)
-    short = d['name'].rsplit('.', 1)[-1] if depth else d['name']
-    sig = short if d['kind'] == 'property' else signature(d, short)
     body = [fix_text(d['doc'])] if d['doc'] else []
     if d.get('bases'): body.append('Bases: ' + ', '.join(f'{{py:class}}`~{b}`' for b in d['bases']))
     if d['kind'] != 'property' and (t := param_table(d)): body.append(fix_text(t))
-    body += [directive(m, indexed, fix_text, depth + 1) for m in d.get('members', [])]
+    body += [directive(m, indexed, fix_text, name) for m in d.get('members', [])]
     fence = ':' * (3 + max([0] + [_nesting(m) for m in d.get('members', [])]))
+    sig = short if d['kind'] == 'property' else signature(d, short)
     return f"{fence}{{{DIRECTIVES[d['kind']]}}} {sig}\n" + ''.join(o + '\n' for o in opts) + '\n' + '\n\n'.join(body) + f'\n{fence}'
 
 def _nesting(d): return 1 + max([0] + [_nesting(m) for m in d.get('members', [])])

@@ -256,11 +256,15 @@ def module_info(py):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         for t in targets:
             if getattr(t, 'id', None) == '__all__': names = ast.literal_eval(node.value)
-            elif isinstance(t, ast.Name) and node.value is not None:
+            elif node.value is None: continue
+            # `a, b = x.a, x.b` names two things
+            pairs = zip(t.elts, node.value.elts) if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple) else [(t, node.value)]
+            for target, value in pairs:
+                if not isinstance(target, ast.Name): continue
                 kind = (ast.unparse(node.annotation) if isinstance(node, ast.AnnAssign) else
-                        type(node.value.value).__name__ if isinstance(node.value, ast.Constant) else
-                        {ast.Tuple: 'tuple', ast.List: 'list', ast.Dict: 'dict', ast.Set: 'set'}.get(type(node.value), ''))
-                data[t.id] = (kind, ast.unparse(node.value))
+                        type(value.value).__name__ if isinstance(value, ast.Constant) else
+                        {ast.Tuple: 'tuple', ast.List: 'list', ast.Dict: 'dict', ast.Set: 'set'}.get(type(value), ''))
+                data[target.id] = (kind, ast.unparse(value))
     return ast.get_docstring(tree) or '', names, {n: data[n] for n in names if n in data}
 
 def _first_sentence(doc):
