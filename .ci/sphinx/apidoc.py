@@ -1,13 +1,13 @@
-"""miniai's API cards, as nbdev's site shows them: a signature, the docstring, and the docments as a Type / Default /
-Details table; a class with its `__init__`'s parameters and its methods.
+"""miniai's API cards, as nbdev's site shows them: a signature, the docstring, and the docments as a
+Type / Default / Details table; a class with its `__init__`'s parameters and its methods.
 
 Two halves, run at two times by `prepare.py`:
-- `describe` (while nbdev processes a lesson: `show_doc` renders with `ApiDoc`): a JSON description of the object,
-  stored as the show_doc cell's output under `MIME`. Annotations are written with their public names
-  (`torch._C.Generator` -> `torch.Generator`), and a name the lesson exports gets the module it is exported to.
-- `directive` (while Sphinx's source is written): that description as a MyST directive of Sphinx's Python domain
-  (`py:function`, `py:class` with its `py:method`s...), so every card is a target in the general index and in
-  `objects.inv`, which other Sphinx sites can link to with intersphinx."""
+- `describe` (while nbdev processes a lesson: `show_doc` renders with `ApiDoc`): a JSON description of the
+  object, stored as the show_doc cell's output under `MIME`. Annotations are written with their public names
+  (`torch._C.Generator` -> `torch.Generator`); a name the lesson exports gets the module it is exported to.
+- `directive` (while Sphinx's source is written): that description as a MyST directive of Sphinx's Python
+  domain (`py:function`, `py:class` with its `py:method`s...), so every card is a target in the general index
+  and in `objects.inv`, which other Sphinx sites can link to with intersphinx."""
 import importlib, inspect, re
 from functools import partial
 
@@ -17,7 +17,7 @@ NS = {}        # the lesson's namespace (the kernel nbdev runs its cells in)
 EXPORTS = {}   # name ('chunks', 'Learner.fit') -> module the lesson exports it to ('iterators')
 SHOWN = set()  # names the lesson shows with a show_doc of their own (a class's card leaves those methods out)
 
-# ---- describing an object (in the kernel that runs the lesson's show_doc cells) ---------------------------------
+# ---- describing an object (in the kernel that runs the lesson's show_doc cells) -------------------------
 
 def _resolve(path):
     "The object named by the dotted `path` (`torch._C.Generator`), or None."
@@ -32,8 +32,9 @@ def _resolve(path):
     return obj
 
 def public_name(obj):
-    "The name a reader would write for class or function `obj`: `torch.Generator`, `torch.nn.Module`, `int`, `miniai.learner.Learner`."
-    mod, qual = getattr(obj, '__module__', None) or '', getattr(obj, '__qualname__', None) or getattr(obj, '__name__', repr(obj))
+    "The name a reader would write for `obj`: `torch.Generator`, `torch.nn.Module`, `int`."
+    mod = getattr(obj, '__module__', None) or ''
+    qual = getattr(obj, '__qualname__', None) or getattr(obj, '__name__', repr(obj))
     if mod == 'builtins': return qual
     if mod == '__main__' or mod.startswith(f'{LIB}.'):
         home = EXPORTS.get(qual) if mod == '__main__' else mod.split('.', 1)[1]
@@ -66,7 +67,7 @@ def fmt_anno(anno):
     return _re_dotted.sub(_public_token, inspect.formatannotation(anno))
 
 def fmt_default(value):
-    "Default `value` as Python source a reader can read: a function or class by its name, `...` for what has no short repr."
+    "Default `value` as Python source: a function or class by its name, `...` for what has no short repr."
     if value is inspect.Parameter.empty: return ''
     if isinstance(value, partial): return f'partial({fmt_default(value.func)}, ...)'
     if inspect.isclass(value): return value.__qualname__
@@ -81,39 +82,41 @@ def _docments(obj):
     except Exception: return {}
 
 def _link(text):
-    "Backticked names in `text` linked as nbdev links them (to its site's URLs: prepare.py turns them into cross-references)."
+    "Backticked names in `text` linked as nbdev links them (prepare.py makes them cross-references)."
     if not text: return ''
     from nbdev.doclinks import NbdevLookup
     return NbdevLookup().linkify(text)
 
 def _signature(obj):
+    "`obj`'s signature, string annotations evaluated where they can be; None if it has none."
     try: return inspect.signature(obj, eval_str=True)
     except Exception:
         try: return inspect.signature(obj)
         except (TypeError, ValueError): return None
 
 def class_init(cls):
-    "What documents `cls`'s parameters: its own `__init__` or `__new__` (or a parent's), None if only a builtin's."
+    "What documents `cls`'s parameters: its or a parent's `__init__` or `__new__`; None if a builtin's."
     for c in cls.__mro__:
         if c.__module__ == 'builtins': return None
         for nm in ('__init__', '__new__'):
             if nm in c.__dict__: return getattr(cls, nm)
 
-def params(obj, drop_first=False, owner=None):
-    "The parameters of callable `obj` ([{name, kind, anno, default, doc}]) and its return ({anno, doc}), docments included."
+def params(obj, drop_first=False):
+    "Parameters of callable `obj` ([{name, anno, default, doc...}]) and its return ({anno, doc})."
     sig = _signature(obj)
     if sig is None: return None, {}
     docs = _docments(obj)
     ps = list(sig.parameters.values())[1 if drop_first else 0:]
     star = {inspect.Parameter.VAR_POSITIONAL: '*', inspect.Parameter.VAR_KEYWORD: '**'}
-    rows = [dict(name=p.name, star=star.get(p.kind, ''), anno=fmt_anno(p.annotation), default=fmt_default(p.default),
-                 doc=_link(docs.get(p.name, '')), kwonly=p.kind == inspect.Parameter.KEYWORD_ONLY,
-                 posonly=p.kind == inspect.Parameter.POSITIONAL_ONLY) for p in ps]
+    rows = [dict(name=p.name, star=star.get(p.kind, ''), anno=fmt_anno(p.annotation),
+                 default=fmt_default(p.default), doc=_link(docs.get(p.name, '')),
+                 kwonly=p.kind == p.KEYWORD_ONLY, posonly=p.kind == p.POSITIONAL_ONLY)
+            for p in ps]
     ret = dict(anno=fmt_anno(sig.return_annotation), doc=_link(docs.get('return', '')))
     return rows, ret
 
 def _member_kind(owner, name):
-    "How `owner.name` is defined: 'property', 'classmethod', 'staticmethod' or 'method' (None if not a routine)."
+    "How `owner.name` is defined: 'property', 'classmethod', 'staticmethod' or 'method' (None: not a routine)."
     try: raw = inspect.getattr_static(owner, name)
     except AttributeError: return None
     if isinstance(raw, property): return 'property'
@@ -143,7 +146,8 @@ def describe(sym, name=None, owner=None):
     name = name or qual_name(obj)
     owner = owner or (_owner(name) if '.' in name else None)
     kind = _member_kind(owner, name.rsplit('.', 1)[1]) if owner else None
-    if kind is None and inspect.isfunction(obj) and '.' in obj.__qualname__ and '<locals>' not in obj.__qualname__:
+    qual = getattr(obj, '__qualname__', '')
+    if kind is None and inspect.isfunction(obj) and '.' in qual and '<locals>' not in qual:
         kind = 'method'   # a class's function, whose class isn't in the lesson's namespace
     d = dict(name=name, module=_module_of(owner or obj, name), doc=_link(inspect.getdoc(obj) or ''))
     if inspect.isclass(obj):
@@ -154,12 +158,13 @@ def describe(sym, name=None, owner=None):
         d['members'] = [describe(getattr(obj, m), f'{name}.{m}', obj) for m in _public_members(obj, name)]
     else:
         d['kind'] = kind or 'function'
-        drop = d['kind'] in ('method', 'property') or (d['kind'] == 'classmethod' and not inspect.ismethod(sym))
+        bound = inspect.ismethod(sym)   # a classmethod read from its class: its signature has no `cls`
+        drop = d['kind'] in ('method', 'property') or (d['kind'] == 'classmethod' and not bound)
         d['params'], d['returns'] = params(obj, drop_first=drop)
     return d
 
 def _public_members(cls, name):
-    "Methods and properties `cls` defines itself, public or `__call__`, in definition order, less those shown on their own."
+    "Methods and properties `cls` defines itself (public, or `__call__`), less those carded alone."
     out = []
     for m, raw in vars(cls).items():
         if (m.startswith('_') and m != '__call__') or f'{name}.{m}' in SHOWN: continue
@@ -169,16 +174,17 @@ def _public_members(cls, name):
 class ApiDoc:
     "nbdev's `show_doc` renderer while prepare.py processes a lesson: the card's description, as `MIME` output."
     def __init__(self, sym, name=None, title_level=3): self.data = describe(sym, name)
-    def _repr_mimebundle_(self, include=None, exclude=None): return {MIME: self.data, 'text/plain': self.data['name']}
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {MIME: self.data, 'text/plain': self.data['name']}
 
-# ---- writing a card (in prepare.py's Sphinx pass) -------------------------------------------------------------------
+# ---- writing a card (in prepare.py's Sphinx pass) -------------------------------------------------------
 
 def fullname(d):
     "The name the card is indexed under: `miniai.learner.Learner.fit` (just the name if it isn't miniai's)."
     return f"{LIB}.{d['module']}.{d['name']}" if d.get('module') else d['name']
 
 def signature(d, name):
-    "The card's signature line, as Sphinx's Python domain parses it: `fit(n_epochs: int = 1, lr: float = 0.1) -> None`."
+    "The card's signature line, as Sphinx's Python domain parses it: `fit(n_epochs: int = 1, lr: float = 0.1)`."
     if d['params'] is None: return name
     args, ps = [], d['params']
     for i, p in enumerate(ps):
@@ -190,30 +196,34 @@ def signature(d, name):
     ret = d.get('returns', {}).get('anno')
     return f"{name}({', '.join(args)})" + (f' -> {ret}' if ret else '')
 
-def _cell(text): return ' '.join(str(text).split()).replace('|', '\\|')
+def _cell(text):
+    "`text` on one line, fit for a Markdown table's cell."
+    return ' '.join(str(text).split()).replace('|', '\\|')
 
 def _code(text, short=True):
-    "`text` as inline code; in the table, a miniai name without its module (`Learner`, not `miniai.learner.Learner`)."
+    "`text` as inline code; `short`: miniai's names without their module (`Learner`)."
     if not text: return ''
     if short: text = re.sub(rf'\b{LIB}\.\w+\.', '', text)
     return '`' + text.replace('`', '').replace('|', '\\|') + '`'
 
 def param_table(d):
-    "The docments as a Markdown table (Type / Default / Details), nbdev-style; '' if no parameter has a docment."
+    "The docments as a Markdown table (Type / Default / Details), nbdev-style; '' if there are no docments."
     ps, ret = d.get('params') or [], d.get('returns') or {}
     if not any(p['doc'] for p in ps) and not ret.get('doc'): return ''
     rows = ['| | Type | Default | Details |', '|---|---|---|---|']
-    rows += [f"| `{p['star']}{p['name']}` | {_code(p['anno'])} | {_code(p['default'], False)} | {_cell(p['doc'])} |" for p in ps]
-    if ret.get('anno') or ret.get('doc'): rows.append(f"| **Returns** | {_code(ret.get('anno'))} | | {_cell(ret.get('doc', ''))} |")
+    rows += [f"| `{p['star']}{p['name']}` | {_code(p['anno'])} | {_code(p['default'], False)} | {_cell(p['doc'])} |"
+             for p in ps]
+    if ret.get('anno') or ret.get('doc'):
+        rows.append(f"| **Returns** | {_code(ret.get('anno'))} | | {_cell(ret.get('doc', ''))} |")
     return '\n'.join(rows)
 
 DIRECTIVES = {'function': 'py:function', 'class': 'py:class', 'exception': 'py:exception', 'method': 'py:method',
               'classmethod': 'py:method', 'staticmethod': 'py:method', 'property': 'py:property'}
 
 def directive(d, indexed, fix_text=lambda s: s, parent=None):
-    """The MyST directive for description `d` (a card; `parent`: the full name of the class card it sits in). `indexed`
-    is the set of names already carded on the site: a second card of one name is shown but not indexed again.
-    `fix_text` rewrites the docstrings' links."""
+    """The MyST directive for description `d` (a card; `parent`: the full name of the class card it sits in).
+    `indexed` is the set of names already carded on the site: a second card of one name is shown but not indexed
+    again. `fix_text` rewrites the docstrings' links."""
     short = d['name'].rsplit('.', 1)[-1] if parent else d['name']
     name = f'{parent}.{short}' if parent else fullname(d)
     opts = [f":module: {LIB}.{d['module']}"] if d.get('module') and not parent else []
@@ -227,6 +237,9 @@ def directive(d, indexed, fix_text=lambda s: s, parent=None):
     body += [directive(m, indexed, fix_text, name) for m in d.get('members', [])]
     fence = ':' * (3 + max([0] + [_nesting(m) for m in d.get('members', [])]))
     sig = short if d['kind'] == 'property' else signature(d, short)
-    return f"{fence}{{{DIRECTIVES[d['kind']]}}} {sig}\n" + ''.join(o + '\n' for o in opts) + '\n' + '\n\n'.join(body) + f'\n{fence}'
+    head = f"{fence}{{{DIRECTIVES[d['kind']]}}} {sig}\n" + ''.join(o + '\n' for o in opts)
+    return head + '\n' + '\n\n'.join(body) + f'\n{fence}'
 
-def _nesting(d): return 1 + max([0] + [_nesting(m) for m in d.get('members', [])])
+def _nesting(d):
+    "How deep directive `d` nests (a class with methods: 2), for the colons of its fence."
+    return 1 + max([0] + [_nesting(m) for m in d.get('members', [])])
