@@ -114,6 +114,8 @@ class _Demo:
         "Run `steps` steps."
     @property
     def size(self)->int: "How big it is."
+    @classmethod
+    def make(cls, n:int): "A demo of `n`."
 
 class _NoInit(Exception): "Nothing to pass."
 
@@ -121,12 +123,14 @@ def test_a_class_card_has_its_init_parameters_a_table_and_methods():
     d = apidoc.describe(_Demo, '_Demo')
     assert d['kind'] == 'class' and [p['name'] for p in d['params']] == ['n', 'generator']
     members = [(m['name'], m['kind']) for m in d['members']]
-    assert members == [('_Demo.run', 'method'), ('_Demo.size', 'property')]
+    assert members == [('_Demo.run', 'method'), ('_Demo.size', 'property'), ('_Demo.make', 'classmethod')]
     md = apidoc.directive({**d, 'module': 'demo'}, set())
     assert md.startswith('::::{py:class} _Demo(n: int, generator: torch.Generator|None = None)\n'
                          ':module: miniai.demo\n')
     assert '| | Type | Default | Details |' in md and '| `n` | `int` |  | how many |' in md
     assert ':::{py:method} run(steps: int = 1) -> int' in md and ':::{py:property} size\n:type: int' in md
+    assert ':::{py:method} make(n: int)\n:classmethod:' in md
+    assert apidoc.describe(_Demo.make, '_Demo.make', _Demo)['params'][0]['name'] == 'n'   # show_doc(_Demo.make)
     assert 'def ' not in md and 'self' not in md
 
 def test_a_class_without_init_has_no_parameters_and_a_second_card_is_not_indexed_again():

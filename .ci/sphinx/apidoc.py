@@ -158,8 +158,7 @@ def describe(sym, name=None, owner=None):
         d['members'] = [describe(getattr(obj, m), f'{name}.{m}', obj) for m in _public_members(obj, name)]
     else:
         d['kind'] = kind or 'function'
-        bound = inspect.ismethod(sym)   # a classmethod read from its class: its signature has no `cls`
-        drop = d['kind'] in ('method', 'property') or (d['kind'] == 'classmethod' and not bound)
+        drop = d['kind'] in ('method', 'property', 'classmethod')   # `obj` is the function: `self` or `cls` first
         d['params'], d['returns'] = params(obj, drop_first=drop)
     return d
 
