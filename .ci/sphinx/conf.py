@@ -46,8 +46,8 @@ html_theme_options = {
 }
 html_context = {'default_mode': 'light'}
 
-# the API cards (prepare.py writes show_doc's as Sphinx's Python domain directives): named as the lessons name them,
-# long signatures one parameter a line, each card's [source] on the module's page of this site (`_modules/`)
+# the API cards (prepare.py writes show_doc's as Sphinx's Python domain directives): named as the lessons name
+# them, long signatures one parameter a line, each card's [source] on the module's page of this site (`_modules/`)
 add_module_names = False
 python_use_unqualified_type_names = True
 python_maximum_signature_line_length = 88
@@ -57,7 +57,7 @@ _defs = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 @lru_cache(None)
 def _definitions(py):
-    "{name: line} of the module `py`'s classes, functions and methods, named as show_doc names them (`Class.method`)."
+    "{name: line} of module `py`'s classes, functions and methods, named as show_doc names them (`Class.method`)."
     from fastcore.basics import listify
     from nbdev.doclinks import patch_name
     found = {}

@@ -10,8 +10,15 @@ expand `show_doc`).
 2. Sphinx's source folder, `_proc/sphinx/`: one page per notebook, named as nbdev names it (`01b_iterators` ->
    `iterators.html`); the front matter becomes the page's title, lead and a line naming its notebook and module;
    Quarto's `#| echo: false` becomes myst-nb's `remove-input`; nbdev's doc links and links between notebooks become
-   links between pages, show_doc's source links go to a page per module (`_modules/`); the index gets the lesson
-   list (a toctree, in file order) that the sidebar shows.
+   links between pages; the index gets the lesson list (a toctree, in file order) that the sidebar shows, then the
+   reference: the API page (`api.md`) and Sphinx's general index.
+
+The API cards. Each `show_doc(name)` cell is moved right after the export cell that defines `name`, where nbdev puts
+the cards it adds itself (the notebooks gather theirs at the lesson's end, and keep them there). `show_doc` renders with
+`apidoc.ApiDoc`, which stores a description of the object; step 2 writes it as a directive of Sphinx's Python domain
+(`py:function`, `py:class` with its methods...): the docments as a Type / Default / Details table, public type names,
+each card in the general index and in `objects.inv`, its [source] on a page per module (`_modules/`, each a
+`py:module`). nbdev's links to a carded name become cross-references to the card.
 """
 import ast, hashlib, json, os, re, shutil, subprocess, sys, warnings
 from pathlib import Path
@@ -73,7 +80,8 @@ def exported_names(cells, default_module):
 def shown_name(cell):
     "The name a cell that is just `show_doc(name)` documents, or None."
     tree = _code(cell) if cell['cell_type'] == 'code' else None
-    if not tree or len(tree.body) != 1 or not isinstance(call := getattr(tree.body[0], 'value', None), ast.Call): return None
+    call = getattr(tree.body[0], 'value', None) if tree and len(tree.body) == 1 else None
+    if not isinstance(call, ast.Call): return None
     if getattr(call.func, 'id', None) == 'show_doc' and call.args: return ast.unparse(call.args[0])
 
 def cards_beside_exports(cells, exports):
@@ -82,7 +90,8 @@ def cards_beside_exports(cells, exports):
     def home(name):
         while name and name not in exports: name = name.rpartition('.')[0]
         return exports[name][0] if name else None
-    moved = {i: h for i, c in enumerate(cells) if (nm := shown_name(c)) and (h := home(nm)) is not None and h != i}
+    moved = {i: h for i, c in enumerate(cells)
+             if (nm := shown_name(c)) and (h := home(nm)) is not None and h != i}
     out = []
     for i, c in enumerate(cells):
         if i not in moved: out.append(c)
@@ -148,12 +157,14 @@ def front_matter(cell):
 class Api:
     """The site's API: the cards' names (with nbdev's module index, `_modidx.py`, to turn nbdev's links into
     cross-references to them) and those already indexed (a name carded twice is indexed once)."""
-    def __init__(self, by_link, targets): self.by_link, self.targets, self.indexed, self.cards = by_link, set(targets), set(), {}
+    def __init__(self, by_link, targets):
+        self.by_link, self.targets, self.indexed, self.cards = by_link, set(targets), set(), {}
 
     @staticmethod
     def card(cell):
         "The description a show_doc cell's output holds (see apidoc.py), or None."
-        return next((o['data'][apidoc.MIME] for o in cell.get('outputs', []) if apidoc.MIME in o.get('data', {})), None)
+        outs = [o['data'][apidoc.MIME] for o in cell.get('outputs', []) if apidoc.MIME in o.get('data', {})]
+        return outs[0] if outs else None
 
     @classmethod
     def read(cls, cfg, notebooks, constants=()):
@@ -216,7 +227,7 @@ def sphinx_page(nb, pages, modules, cfg, meta='', api=None):
         elif (card := api.card(c)): c = md_cell(apidoc.directive(card, api.indexed, links))
         if c['cell_type'] == 'markdown': c['source'] = links(''.join(c['source']))
         for o in c.get('outputs', []):
-            if 'text/markdown' in o.get('data', {}): o['data']['text/markdown'] = links(''.join(o['data']['text/markdown']))
+            if 'text/markdown' in (data := o.get('data', {})): data['text/markdown'] = links(''.join(data['text/markdown']))
         cells.append(c)
     nb['cells'] = cells
     return title
@@ -236,7 +247,7 @@ def quarto_options(cell):
     return opts
 
 def source_page(py, cfg, nbs_by_module):
-    "A page showing the module `py`, lines anchored `L-n` for show_doc's source links."
+    "A page showing the module `py` (a `py:module` target), lines anchored `L-n` for the cards' [source] links."
     from pygments import highlight
     from pygments.lexers import PythonLexer
     from pygments.formatters import HtmlFormatter
@@ -253,12 +264,14 @@ def module_info(py):
     tree = ast.parse(py.read_text(encoding='utf-8'))
     names, data = [], {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
         for t in targets:
             if getattr(t, 'id', None) == '__all__': names = ast.literal_eval(node.value)
             elif node.value is None: continue
             # `a, b = x.a, x.b` names two things
-            pairs = zip(t.elts, node.value.elts) if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple) else [(t, node.value)]
+            both = isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple)
+            pairs = zip(t.elts, node.value.elts) if both else [(t, node.value)]
             for target, value in pairs:
                 if not isinstance(target, ast.Name): continue
                 kind = (ast.unparse(node.annotation) if isinstance(node, ast.AnnAssign) else
@@ -288,9 +301,10 @@ def api_page(cfg, api, infos, lesson_of, links):
             if n in data: continue
             card = api.cards.get(full)
             rows.append(f"| {{py:obj}}`{n} <{full}>` | {_first_sentence(card['doc']) if card else ''} |")
-        if rows: out.append('| name | what it is |\n|---|---|\n' + '\n'.join(r.replace('\n', ' ') for r in rows) + '\n')
+        if rows: out.append('| name | what it is |\n|---|---|\n' + '\n'.join(rows) + '\n')
         for n, (kind, value) in data.items():
-            opts = [f':module: {cfg.lib_name}.{mod}'] + ([f':type: {kind}'] if kind else []) + ([f':value: {value}'] if len(value) <= 60 else [])
+            opts = ([f':module: {cfg.lib_name}.{mod}'] + ([f':type: {kind}'] if kind else [])
+                    + ([f':value: {value}'] if len(value) <= 60 else []))   # a long value would swamp the page
             out.append(f':::{{py:data}} {n}\n' + '\n'.join(opts) + '\n:::\n')
     return links('\n'.join(out))
 
@@ -306,8 +320,10 @@ def for_sphinx(cfg, nbs):
     originals = {p.stem: json.loads(p.read_text(encoding='utf-8')) for p in nbs}
     nbs_by_module = {m: (stem, pages[stem]) for stem, nb in originals.items() if (m := default_exp(nb))}
     processed = {stem: json.loads((NBDEV/f'{stem}.ipynb').read_text(encoding='utf-8')) for stem in pages}
-    infos = {m: module_info(cfg.lib_path/f'{m}.py') for m in sorted(modules, key=lambda m: (nbs_by_module.get(m, ('~',))[0], m))}
-    api = Api.read(cfg, processed.values(), [f'{cfg.lib_name}.{m}.{n}' for m, (_, _, data) in infos.items() for n in data])
+    in_lesson_order = sorted(modules, key=lambda m: (nbs_by_module.get(m, ('~',))[0], m))
+    infos = {m: module_info(cfg.lib_path/f'{m}.py') for m in in_lesson_order}
+    data = [f'{cfg.lib_name}.{m}.{n}' for m, (_, _, names) in infos.items() for n in names]
+    api = Api.read(cfg, processed.values(), data)
     titles = {}
     if SRC.exists(): shutil.rmtree(SRC)
     SRC.mkdir(parents=True)
@@ -321,10 +337,12 @@ def for_sphinx(cfg, nbs):
         if page == 'index':
             entries = '\n'.join(f'{stem.split("_")[0]} · {titles.get(stem) or stem} <{pages[stem]}>' for stem in pages if pages[stem] != 'index')
             nb['cells'].append(md_cell(f'```{{toctree}}\n:hidden:\n:caption: Lessons\n:maxdepth: 1\n\n{entries}\n```'))
-            nb['cells'].append(md_cell('```{toctree}\n:hidden:\n:caption: Reference\n\nAPI reference <api>\nIndex <genindex>\n```'))
+            reference = 'API reference <api>\nIndex <genindex>'
+            nb['cells'].append(md_cell(f'```{{toctree}}\n:hidden:\n:caption: Reference\n\n{reference}\n```'))
         (SRC/f'{page}.ipynb').write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding='utf-8')
     lesson_of = {m: (pages[stem], titles[stem]) for m, (stem, _) in nbs_by_module.items()}
-    (SRC/'api.md').write_text(api_page(cfg, api, infos, lesson_of, make_links(pages, modules, cfg, api)), encoding='utf-8')
+    links = make_links(pages, modules, cfg, api)
+    (SRC/'api.md').write_text(api_page(cfg, api, infos, lesson_of, links), encoding='utf-8')
     (SRC/'_modules').mkdir()
     for m in sorted(modules): (SRC/'_modules'/f'{m}.md').write_text(source_page(cfg.lib_path/f'{m}.py', cfg, nbs_by_module), encoding='utf-8')
     print(f'{len(pages)} pages, {len(modules)} module pages in {SRC.relative_to(ROOT)}/')
