@@ -133,6 +133,14 @@ def test_a_class_card_has_its_init_parameters_a_table_and_methods():
     assert apidoc.describe(_Demo.make, '_Demo.make', _Demo)['params'][0]['name'] == 'n'   # show_doc(_Demo.make)
     assert 'def ' not in md and 'self' not in md
 
+def test_a_table_has_only_the_columns_its_parameters_fill():
+    p = dict(star='', default='', kwonly=False, posonly=False)
+    d = dict(params=[dict(p, name='seq', anno='', doc='a sequence'), dict(p, name='size', anno='int', doc='a | b')],
+             returns=dict(anno='list', doc=''))
+    assert apidoc.param_table(d).splitlines() == ['| | Type | Details |', '|---|---|---|', '| `seq` |  | a sequence |',
+                                                  '| `size` | `int` | a \\| b |', '| **Returns** | `list` |  |']
+    assert apidoc.param_table(dict(d, params=[dict(p, name='x', anno='', doc='')], returns={})) == ''
+
 def test_a_class_without_init_has_no_parameters_and_a_second_card_is_not_indexed_again():
     d = {**apidoc.describe(_NoInit, '_NoInit'), 'module': 'demo'}
     assert d['kind'] == 'exception' and d['params'] is None and d['bases'] == ['Exception']

@@ -206,15 +206,17 @@ def _code(text, short=True):
     return '`' + text.replace('`', '').replace('|', '\\|') + '`'
 
 def param_table(d):
-    "The docments as a Markdown table (Type / Default / Details), nbdev-style; '' if there are no docments."
+    """The docments as a Markdown table (Type / Default / Details), nbdev-style: a column only where some parameter
+    has a value for it; '' if there are no docments."""
     ps, ret = d.get('params') or [], d.get('returns') or {}
     if not any(p['doc'] for p in ps) and not ret.get('doc'): return ''
-    rows = ['| | Type | Default | Details |', '|---|---|---|---|']
-    rows += [f"| `{p['star']}{p['name']}` | {_code(p['anno'])} | {_code(p['default'], False)} | {_cell(p['doc'])} |"
-             for p in ps]
-    if ret.get('anno') or ret.get('doc'):
-        rows.append(f"| **Returns** | {_code(ret.get('anno'))} | | {_cell(ret.get('doc', ''))} |")
-    return '\n'.join(rows)
+    rets = [dict(name='**Returns**', anno=ret.get('anno', ''), default='', doc=ret.get('doc', ''))] \
+        if ret.get('anno') or ret.get('doc') else []
+    rows = [dict(p, name=f"`{p['star']}{p['name']}`") for p in ps] + rets
+    cols = [('Type', lambda r: _code(r['anno'])), ('Default', lambda r: _code(r['default'], False))]
+    cols = [(h, f) for h, f in cols if any(f(r) for r in rows)] + [('Details', lambda r: _cell(r['doc']))]
+    out = ['| | ' + ' | '.join(h for h, _ in cols) + ' |', '|---' * (len(cols) + 1) + '|']
+    return '\n'.join(out + ['| ' + ' | '.join([r['name']] + [f(r) for _, f in cols]) + ' |' for r in rows])
 
 DIRECTIVES = {'function': 'py:function', 'class': 'py:class', 'exception': 'py:exception', 'method': 'py:method',
               'classmethod': 'py:method', 'staticmethod': 'py:method', 'property': 'py:property'}
