@@ -57,7 +57,7 @@ _defs = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 @lru_cache(None)
 def _definitions(py):
-    "{name: line} of module `py`'s classes, functions and methods, named as show_doc names them (`Class.method`)."
+    "{name: line} of module `py`'s classes, functions, methods (`Class.method`, as show_doc names them) and data."
     from fastcore.basics import listify
     from nbdev.doclinks import patch_name
     found = {}
@@ -66,6 +66,9 @@ def _definitions(py):
             found[node.name] = node.lineno
             found.update({f'{node.name}.{n.name}': n.lineno for n in node.body if isinstance(n, _defs)})
         elif isinstance(node, _defs): found.update({nm: node.lineno for nm in listify(patch_name(node))})
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):   # data, `a, b = ...` included
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found.update({n.id: node.lineno for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)})
     return found
 
 def linkcode_resolve(domain, info):

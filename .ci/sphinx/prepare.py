@@ -304,7 +304,7 @@ def api_page(cfg, api, infos, lesson_of, links):
         if rows: out.append('| name | what it is |\n|---|---|\n' + '\n'.join(rows) + '\n')
         for n, (kind, value) in data.items():
             opts = ([f':module: {cfg.lib_name}.{mod}'] + ([f':type: {kind}'] if kind else [])
-                    + ([f':value: {value}'] if len(value) <= 60 else []))   # a long value would swamp the page
+                    + ([f':value: {json.dumps(value)}'] if len(value) <= 60 else []))   # quoted: options are YAML
             out.append(f':::{{py:data}} {n}\n' + '\n'.join(opts) + '\n:::\n')
     return links('\n'.join(out))
 
