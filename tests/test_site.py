@@ -79,9 +79,9 @@ def visit(browser, url):
 
 @pytest.fixture(scope='module')
 def pages(server, browser):
-    "Visit the index and every lesson once: {page name: (links on it, problems, maths found, maths typeset)}."
+    "Visit the index, every lesson and the reference once: {page name: (links on it, problems, maths, maths typeset)}."
     SHOTS.mkdir(parents=True, exist_ok=True)
-    names = ['index.html'] + [n for n in lesson_pages() if (SITE/n).exists()]
+    names = ['index.html'] + [n for n in lesson_pages() if (SITE/n).exists()] + ['api.html', 'genindex.html']
     shot = next((n for n in names if 'matmul' in n), names[-1])
     seen = {}
     for name in names:
