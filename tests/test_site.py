@@ -1,10 +1,13 @@
 """The documentation site (`bash .ci/docs` builds it into _docs/), checked in a real headless Chromium over a server on
 127.0.0.1: every lesson in the sidebar in order, no console errors, every image loaded, maths typeset, no internal link
 that 404s, and a search that finds "matmul". Saves screenshots of the index and of one lesson page.
+The API reference: each export a card beside its code (a class with its parameters table and methods, clean
+signatures), in `objects.inv` for intersphinx, the general index and the API page; the repository button from
+settings.ini.
 
 Skips (with the reason) when the site isn't built, is older than a notebook, or Debian's chromium or the `playwright`
 package (the docs extra) is missing; `.ci/run` sets MINIAI_REQUIRE_SITE=1 so that, there, a skip is a failure."""
-import functools, http.server, os, shutil, tempfile, threading
+import functools, http.server, os, re, shutil, tempfile, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 import pytest
@@ -76,9 +79,9 @@ def visit(browser, url):
 
 @pytest.fixture(scope='module')
 def pages(server, browser):
-    "Visit the index and every lesson once: {page name: (links on it, problems, maths found, maths typeset)}."
+    "Visit the index, every lesson and the reference once: {page name: (links on it, problems, maths, maths typeset)}."
     SHOTS.mkdir(parents=True, exist_ok=True)
-    names = ['index.html'] + [n for n in lesson_pages() if (SITE/n).exists()]
+    names = ['index.html'] + [n for n in lesson_pages() if (SITE/n).exists()] + ['api.html', 'genindex.html']
     shot = next((n for n in names if 'matmul' in n), names[-1])
     seen = {}
     for name in names:
@@ -106,7 +109,8 @@ def test_every_lesson_in_the_sidebar_in_order(server, browser):
     hrefs = page.evaluate("() => Array.from(document.querySelectorAll('.bd-docs-nav a.reference.internal')).map(a => a.getAttribute('href'))")
     page.close()
     shown = [h.split('#')[0] for h in hrefs if h.split('#')[0] not in ('', '#', 'index.html')]
-    assert shown == lesson_pages(), f'sidebar lessons {shown}\nexpected (from nbs/*.ipynb) {lesson_pages()}'
+    expected = lesson_pages() + ['api.html', 'genindex.html']   # then the reference: the API page and the index
+    assert shown == expected, f'sidebar entries {shown}\nexpected (nbs/*.ipynb, then the reference) {expected}'
 
 def test_pages_load_cleanly(pages):
     bad = {name: problems for name, (_, problems, _, _) in pages.items() if problems}
@@ -135,3 +139,94 @@ def test_search_finds_matmul(server, browser):
     page.close()
     assert not problems, problems
     assert any('matmul' in h for h in hits), f'searching "matmul" found {hits}'
+
+
+# ---- the API reference -----------------------------------------------------------------------------------
+
+def exported():
+    "{full name: Sphinx object type} of every name each miniai module exports (its `__all__`), and the modules."
+    import ast, importlib, inspect
+    from nbdev.config import get_config
+    out = {}
+    for py in sorted(get_config().lib_path.glob('*.py')):
+        if py.stem.startswith('_'): continue
+        mod = importlib.import_module(f'miniai.{py.stem}')
+        out[mod.__name__] = 'py:module'
+        tree = ast.parse(py.read_text(encoding='utf-8'))
+        defs = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        for n in mod.__all__:
+            obj = getattr(mod, n)
+            kind = ('py:exception' if inspect.isclass(obj) and issubclass(obj, BaseException) else
+                    'py:class' if inspect.isclass(obj) else 'py:function' if n in defs else
+                    'py:data')   # constants, and names for other things (rng's `seed`)
+            out[f'{mod.__name__}.{n}'] = kind
+    return out
+
+def test_objects_inv_lists_every_export():
+    "objects.inv (what intersphinx reads) has every exported name, as the right kind of Python object."
+    import posixpath
+    from sphinx.util.inventory import InventoryFile
+    with open(SITE/'objects.inv', 'rb') as f: inv = InventoryFile.load(f, '', posixpath.join)
+    assert inv['py:function']['miniai.store.save_model'].uri == 'augment.html#miniai.store.save_model'
+    missing = [f'{name} ({kind})' for name, kind in exported().items() if name not in inv.get(kind, {})]
+    assert not missing, f'exports missing from objects.inv: {missing}'
+
+_CARD_JS = """name => {
+    const dt = document.getElementById(name); if (!dt) return null;
+    const dd = dt.parentElement.querySelector(':scope > dd');
+    const table = dd.querySelector(':scope > table, :scope > div > table');
+    const texts = sel => table ? Array.from(table.querySelectorAll(sel)).map(t => t.innerText.trim()) : [];
+    return {sig: dt.innerText, head: texts('thead th'), rows: texts('tbody tr td:first-child'),
+            methods: Array.from(dd.querySelectorAll(':scope > dl.py > dt')).map(d => d.id)}; }"""
+
+def _card(browser, server, page_name, name):
+    "The card of `name` on `page_name`: its signature's text, its table's header and first column, its methods."
+    page, problems = visit(browser, server + page_name)
+    card = page.evaluate(_CARD_JS, name)
+    page.close()
+    assert not problems, problems
+    assert card, f'{page_name} has no card for {name}'
+    return card
+
+def test_a_class_card_shows_its_parameters_and_methods(server, browser):
+    card = _card(browser, server, 'learner.html', 'miniai.learner.Learner')
+    assert card['sig'].startswith('class Learner(') and 'model: torch.nn.Module' in card['sig'], card['sig']
+    assert card['head'] == ['', 'Type', 'Default', 'Details'], card
+    assert card['rows'][:3] == ['model', 'dls', 'loss_func'], card
+    cb = _card(browser, server, 'learner.html', 'miniai.learner.TrainCB')
+    assert 'miniai.learner.TrainCB.predict' in cb['methods'], cb
+    exc = _card(browser, server, 'learner.html', 'miniai.learner.CancelFitException')
+    assert exc['sig'].strip().startswith('exception CancelFitException') and '*args' not in exc['sig'], exc
+
+def test_signatures_are_clean():
+    "No signature names a private module (`torch._C.Generator`) or shows a class as `def X(*args, **kwargs)`."
+    def text(html): return ' '.join(re.sub('<[^>]+>', ' ', html).split())
+    dt = re.compile(r'<dt class="sig[^"]*"[^>]*>(.*?)</dt>', re.S)
+    sigs = {p.name: [text(s) for s in dt.findall(p.read_text(encoding='utf-8'))] for p in SITE.glob('*.html')}
+    dirty = {name: [s[:80] for s in ss if re.search(r'torch\._C|\bdef\b', s)] for name, ss in sigs.items()}
+    dirty = {k: v for k, v in dirty.items() if v}
+    dirty.update({p.name: ['torch._C on the page'] for p in SITE.glob('*.html') if 'torch._C' in p.read_text('utf-8')})
+    assert not dirty, f'signatures naming private modules or shown as functions: {dirty}'
+    assert any('torch.Generator' in s for s in sigs['augment.html']), 'augment.html: should read torch.Generator'
+
+def test_cards_sit_beside_their_exports():
+    "A card follows the cell defining its name, not the lesson's end: chunks before the section after its export."
+    html = (SITE/'iterators.html').read_text(encoding='utf-8')
+    card, next_section = html.find('id="miniai.iterators.chunks"'), html.find('<section id="what-an-iterator-is"')
+    assert 0 < card < next_section, 'the card of chunks should come before the section "What an iterator is"'
+
+def test_api_page_and_indexes():
+    "The API page names every module and links each export to its card; the general and module indexes list them."
+    api, index, modindex = ((SITE/f'{n}.html').read_text('utf-8') for n in ('api', 'genindex', 'py-modindex'))
+    modules = [n for n, kind in exported().items() if kind == 'py:module']
+    assert not [m for m in modules if f'{m}</span></code>' not in api], 'the API page misses modules'
+    link = 'href="augment.html#miniai.store.save_model"'
+    assert link in api and link in index, 'save_model should be linked from the API page and the general index'
+    assert not [m for m in modules if f'>{m}<' not in modindex], 'the module index misses modules'
+
+def test_repository_button_is_settings_git_url():
+    from nbdev.config import get_config
+    url = get_config().git_url
+    html = (SITE/'index.html').read_text(encoding='utf-8')
+    button = re.search(r'<a href="([^"]*)"[^>]*\s*class="btn btn-sm btn-source-repository-button"', html)
+    assert button and button.group(1) == url, f'the repository button should point at git_url {url} (settings.ini)'

@@ -1,6 +1,8 @@
 """Sphinx configuration for miniai's site (`bash .ci/docs`): nbdev's processed notebooks, rendered by myst-nb from
 their stored outputs (nothing is executed), in sphinx-book-theme, with MathJax served from the site itself."""
+import ast
 from configparser import ConfigParser
+from functools import lru_cache
 from pathlib import Path
 
 _root = Path(__file__).resolve().parents[2]
@@ -11,7 +13,7 @@ author = _cfg['author']
 copyright = _cfg['copyright']
 release = version = _cfg['version']
 
-extensions = ['myst_nb', 'sphinx.ext.githubpages', 'sphinx-mathjax-offline']
+extensions = ['myst_nb', 'sphinx.ext.githubpages', 'sphinx.ext.linkcode', 'sphinx-mathjax-offline']
 exclude_patterns = ['**.ipynb_checkpoints']
 
 # myst-nb: render what the notebooks stored; GIF animations shown as images
@@ -43,3 +45,36 @@ html_theme_options = {
     'use_fullscreen_button': False,
 }
 html_context = {'default_mode': 'light'}
+
+# the API cards (prepare.py writes show_doc's as Sphinx's Python domain directives): named as the lessons name
+# them, long signatures one parameter a line, each card's [source] on the module's page of this site (`_modules/`)
+add_module_names = False
+python_use_unqualified_type_names = True
+python_maximum_signature_line_length = 88
+toc_object_entries_show_parents = 'hide'
+
+_defs = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+@lru_cache(None)
+def _definitions(py):
+    "{name: line} of module `py`'s classes, functions, methods (`Class.method`, as show_doc names them) and data."
+    from fastcore.basics import listify
+    from nbdev.doclinks import patch_name
+    found = {}
+    for node in ast.parse(py.read_text(encoding='utf-8')).body:
+        if isinstance(node, ast.ClassDef):
+            found[node.name] = node.lineno
+            found.update({f'{node.name}.{n.name}': n.lineno for n in node.body if isinstance(n, _defs)})
+        elif isinstance(node, _defs): found.update({nm: node.lineno for nm in listify(patch_name(node))})
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):   # data, `a, b = ...` included
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found.update({n.id: node.lineno for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)})
+    return found
+
+def linkcode_resolve(domain, info):
+    "The line of the module's page (`_modules/`) where `info['fullname']` is defined."
+    if domain != 'py' or not info.get('module', '').startswith(f"{project}."): return None
+    mod = info['module'].split('.', 1)[1]
+    py = _root/_cfg['lib_path']/f'{mod}.py'
+    line = _definitions(py).get(info['fullname']) if py.exists() else None
+    return f"_modules/{mod}.html" + (f"#L-{line}" if line else '')
