@@ -154,8 +154,8 @@ class CondDiffusionCB(Callback):
                  # the training images' attributes: `captions.captions(indices)` draws a caption per image
                  captions:FashionCaptions,
                  p_uncond:float=0.15, # caption dropout rate
-                 sigma_data:float=1., # standard deviation of the (scaled) latents
-                 # mean of log(sigma): lesson 20's -1.2 plus log(2), as the data's scale is twice lesson 20's
+                 sigma_data:float=1., # root mean square of the (scaled) latents: Karras' sigma_data
+                 # mean of log(sigma): EDM's -1.2 (for its sigma_data 0.5) plus log(2), as ours is about 1
                  p_mean:float=-0.5,
                  p_std:float=1.2, # standard deviation of log(sigma)
                  # source of captions, dropout and noise (None: PyTorch's global one)

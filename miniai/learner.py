@@ -226,7 +226,7 @@ class LRFinderCB(Callback):
         return ax
 
 # %% ../nbs/09_learner.ipynb #8d908b09
-def lr_find(learn:Learner, # the learner to probe; its model's weights are restored afterwards
+def lr_find(learn:Learner, # the learner to try the rates on; its model's weights are restored afterwards
             gamma:float=1.3, # factor by which the learning rate grows each batch
             max_mult:float=3, # stop once the loss exceeds this multiple of its minimum so far
             start_lr:float=1e-5, # first learning rate
