@@ -130,3 +130,34 @@ def test_param_sched_beside_train_cb():
     cb = OneCycleCB(0.1)
     Learner(model, dls, F.mse_loss, cbs=[TrainCB(), cb], opt_func=partial(torch.optim.SGD, momentum=0.9)).fit(2)
     assert cb.steps_done == 6 and not torch.equal(model.weight, before)
+
+def torch_last_lrs(make_sched, n, lr=0.1):
+    "What a PyTorch scheduler reports through `get_last_lr()` before each of `n` optimiser steps."
+    opt = sgd([nn.Parameter(torch.zeros(1))], lr)
+    sched, lrs = make_sched(opt), []
+    for i in range(n):
+        lrs.append(sched.get_last_lr()[0]); opt.step()
+        if i < n - 1: sched.step()
+    return lrs
+
+@settings(max_examples=15)
+@given(epochs=st.integers(1, 3), n_train=st.integers(2, 9), max_lr=st.floats(1e-3, 1.), pct=st.floats(0.3, 0.9),
+       eta_min=st.floats(0., 1e-3))
+def test_our_callbacks_set_what_torch_reports_through_get_last_lr(epochs, n_train, max_lr, pct, eta_min):
+    """The library's version beside ours: the rate `OneCycleCB` (and `ParamSchedCB` with `sched_cos`) sets for each
+    training batch of a fit is what `OneCycleLR` (and `CosineAnnealingLR`) report through `get_last_lr()` at that step;
+    and `BatchSchedCB`, which steps PyTorch's own scheduler once per batch, gives each batch the rate it reports."""
+    n = epochs * n_train
+    assume(pct * n >= 2)   # PyTorch divides 0 by 0 when the warm-up ends at step 0
+    def recorded(cb):
+        rec = RecorderCB('lr')
+        toy_learner(sgd, [cb, rec], n_train=n_train).fit(epochs)
+        return rec.recs['lr']
+    close(recorded(OneCycleCB(max_lr, pct_start=pct)),
+          torch_last_lrs(partial(lr_scheduler.OneCycleLR, max_lr=max_lr, total_steps=n, pct_start=pct), n))
+    close(recorded(ParamSchedCB(lr=lambda i, total: sched_cos(0.1, eta_min, i / total))),
+          torch_last_lrs(partial(lr_scheduler.CosineAnnealingLR, T_max=n, eta_min=eta_min), n), tol=1e-9)
+    cb = BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=n, eta_min=eta_min))
+    lrs = recorded(cb)
+    assert cb.schedo.last_epoch == n and lrs == torch_last_lrs(partial(lr_scheduler.CosineAnnealingLR, T_max=n,
+                                                                       eta_min=eta_min), n)
