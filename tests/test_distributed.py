@@ -217,3 +217,37 @@ def test_a_dead_rank_is_named_not_the_survivor(how, said):
     (dict(n_procs=0), ValueError, 'n_procs must be at least 1, got 0')])
 def test_launch_refuses_bad_arguments_before_forking(kwargs, error, text):
     with time_limit(10), pytest.raises(error, match=re.escape(text)): launch(sleeps_in_every_rank, **kwargs)
+
+def _save_forever(path, models):
+    "Child: save each of `models` in turn to `path` with AccelerateCB.save on a slow disk, for ever (until killed)."
+    from types import SimpleNamespace
+    torch.set_num_threads(1)
+    real_save = torch.save
+    def slow_save(obj, f, *args, **kwargs):   # a slow disk: the kill lands mid-write most times
+        buf = io.BytesIO(); real_save(obj, buf, *args, **kwargs)
+        for i in range(0, len(buf.getvalue()), 4096): f.write(buf.getvalue()[i:i + 4096]); time.sleep(0.001)
+    torch.save = slow_save
+    cb = AccelerateCB()
+    cb.acc = SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True, unwrap_model=lambda m: m)
+    while True:
+        for m in models: cb.save(SimpleNamespace(model=m), path)
+
+def test_kill_during_accelerate_save_always_leaves_a_complete_checkpoint(tmp_path):
+    "kill -9 during AccelerateCB.save, five times: the file always loads as one whole model, and no .part outlives the next save."
+    import multiprocessing, random
+    from types import SimpleNamespace
+    from miniai.store import load_model
+    models = [simple_cnn() for _ in range(2)]
+    path, rng, mid_write = tmp_path/'model.pt', random.Random(0), 0
+    for _ in range(5):
+        p = multiprocessing.get_context('fork').Process(target=_save_forever, args=(path, models))
+        p.start(); time.sleep(rng.uniform(0.3, 0.6)); os.kill(p.pid, signal.SIGKILL); p.join()
+        assert p.exitcode == -signal.SIGKILL
+        mid_write += any(f.name.endswith('.part') for f in tmp_path.iterdir())
+        state = load_model(simple_cnn(), path).state_dict()
+        assert any(max_diff(state, m.state_dict()) == 0 for m in models)   # one of the two, whole
+        cb = AccelerateCB()
+        cb.acc = SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True, unwrap_model=lambda m: m)
+        cb.save(SimpleNamespace(model=models[0]), path)
+        assert [f.name for f in tmp_path.iterdir()] == ['model.pt']
+    assert mid_write >= 3, mid_write   # most kills hit a write in progress
