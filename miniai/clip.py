@@ -20,9 +20,9 @@ from .store import load_or_train, load_trained, models_dir, read_config, save_tr
 from .resnet import ResNet
 from .attention import TextEncoder
 from .karras import LossLogCB
-from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, Tokenizer, all_captions, attribute_words,
-                         caption_tokenizer, captions_for, drop_held_out, omit_words, pixel_measures, tercile_codes,
-                         tercile_thresholds, TEMPLATES)
+from .text import (ATTRIBUTE_WORDS, CLASS_NOUNS, HELD_OUT, TEMPLATES, Tokenizer, all_captions, attribute_words,
+                         caption_tokenizer, captions_for, check_prompts, drop_held_out, omit_words, pixel_measures,
+                         tercile_codes, tercile_thresholds)
 
 # %% ../nbs/24_clip.ipynb #c2400008
 def clip_loss(logits:torch.Tensor, # [n, n] scaled similarities: row i is image i against every caption of the batch
@@ -180,9 +180,10 @@ def similarity(model:CLIPModel, # trained encoders (`encode_image`, `encode_text
     "Cosine similarity [n, len(prompts)] of every image with every prompt."
     if isinstance(prompts, str) or not len(prompts):
         raise ValueError(f'prompts must be a non-empty list of texts, got {prompts!r}')
+    prompts = check_prompts(prompts, tokenizer)   # unknown words would all be <unk>, and score alike
     model.eval()
     device = next(model.parameters()).device
-    ids, mask = tokenizer(list(prompts))
+    ids, mask = tokenizer(prompts)
     txt = model.encode_text(ids.to(device), mask.to(device))
     return torch.cat([model.encode_image(xb.to(device)) @ txt.T for xb in images.split(batch_size)]).cpu()
 

@@ -18,11 +18,12 @@ from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .store import load_or_train, models_dir, state_digest
 from .datasets import DataLoaders
+from .training import check_batch_size
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
 from .karras import (KarrasDenoiser, LossLogCB, noisify_karras, sample_euler, sigmas_karras, _per_image,
                            karras_scalings)
-from .text import FashionCaptions, Tokenizer
+from .text import FashionCaptions, Tokenizer, check_prompts
 from .vae import VAE
 
 # %% ../nbs/25_cond_unet.ipynb #2e876f2c
@@ -178,6 +179,7 @@ def latent_dls(latents:torch.Tensor, # cached latents [n, c, h, w], from `encode
               )->DataLoaders:
     ("`DataLoaders` of `(latents, indices)` batches, shuffled: the index lets `CondDiffusionCB` caption each image. "
      "The `valid` loader is the same data, unshuffled.")
+    batch_size = check_batch_size(batch_size)
     ds = TensorDataset(latents, torch.arange(len(latents)))
     return DataLoaders(DataLoader(ds, batch_size, shuffle=True, drop_last=len(latents) >= batch_size),
                        DataLoader(ds, 2 * batch_size))
@@ -275,7 +277,7 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
             )->torch.Tensor:
     ("Images [n, 1, 32, 32] in [-1, 1] for `prompts`: latents from noise by `sampler` with `GuidedDenoiser`, "
      "decoded by the VAE.")
-    if isinstance(prompts, str): prompts = [prompts]
+    prompts = check_prompts(prompts, tokenizer)   # unknown words would all mean <unk>
     guided = GuidedDenoiser(denoiser.eval(), text_condition(clip, tokenizer, prompts),
                             text_condition(clip, tokenizer, ['']), guidance_scale)
     device, size = next(denoiser.parameters()).device, 32 // vae.factor

@@ -6,8 +6,8 @@
 __all__ = ['free_port', 'check_world_size', 'launch', 'AccelerateCB', 'ddp_speed', 'ddp_speed_table']
 
 # %% ../nbs/15_distributed.ipynb #8bfe765f
-import gc, io, logging, multiprocessing, os, pickle, random, re, socket, statistics, sys, tempfile, time, \
-       traceback, warnings
+import gc, io, multiprocessing, multiprocessing.connection, numbers, os, pickle, random, re, signal, socket, \
+       statistics, sys, tempfile, time, traceback, warnings
 from contextlib import redirect_stdout
 from datetime import timedelta
 from pathlib import Path
@@ -24,8 +24,7 @@ from .conv import simple_cnn
 from .datasets import fashion_dls
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')   # accelerate imports tqdm.auto, which warns in a notebook without ipywidgets
-    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs, notebook_launcher
-    from accelerate.utils import patch_environment
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
 # %% ../nbs/15_distributed.ipynb #fb96cfa6
 def free_port(host:str='127.0.0.1', # the address the processes will meet at
@@ -60,15 +59,20 @@ def _write_result(folder, rank, result):
     tmp.write_bytes(pickle.dumps(result))
     tmp.rename(Path(folder)/f'rank{rank}')
 
-def _run_rank(fn, args, n_procs, timeout, folder, stdout, device):
-    ("Body of each child: one thread first, join the process group (NCCL on `device` 'cuda', else gloo), "
-     "run `fn`, write its result or its exception.")
+def _exception_text(e):
+    "`Type: message` of exception `e`, even where `str(e)` itself fails."
+    return traceback.format_exception_only(type(e), e)[-1].strip()
+
+def _run_rank(fn, args, n_procs, timeout, folder, stdout, device, rank, port):
+    ("Body of rank `rank`'s child: one thread first, join the process group at `port` (NCCL on `device` 'cuda', "
+     "else gloo), run `fn`, write its result or its exception.")
     torch.set_num_threads(1)
-    os.environ['OMP_NUM_THREADS'] = '1'  # so Accelerate keeps it
+    os.environ.update(OMP_NUM_THREADS='1',  # so Accelerate keeps it
+                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n_procs), LOCAL_WORLD_SIZE=str(n_procs),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     if stdout is not None: sys.stdout = stdout
-    rank = int(os.environ.get('RANK', 0))
     try:
-        if device == 'cuda': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        if device == 'cuda': torch.cuda.set_device(rank)
         dist.init_process_group('nccl' if device == 'cuda' else 'gloo', timeout=timedelta(seconds=timeout))
         check_world_size(n_procs, dist.get_world_size())
         result = fn(*args)
@@ -78,37 +82,69 @@ def _run_rank(fn, args, n_procs, timeout, folder, stdout, device):
         when, tb = time.time(), traceback.format_exc()
         try: exc = pickle.dumps(e)
         except Exception: exc = None
-        _write_result(folder, rank, ('error', exc, f'{type(e).__name__}: {e}', tb, when))
+        _write_result(folder, rank, ('error', exc, _exception_text(e), tb, when))
         sys.stdout.flush(); sys.stderr.flush()
         os._exit(1)   # not the process group's orderly shutdown: it would wait for the other ranks
 
-# %% ../nbs/15_distributed.ipynb #291c09aa
-def _start_one(run_args):
-    ("Run `_run_rank` in one forked child, as rank 0 of a world of 1 "
-     "(the notebook's process stays free of process groups).")
-    with patch_environment(rank='0', local_rank='0', world_size='1', master_addr='127.0.0.1',
-                           master_port=str(free_port())):
-        p = multiprocessing.get_context('fork').Process(target=_run_rank, args=run_args)
-        p.start(); p.join()
 
-def _start_many(run_args, n_procs):
-    ("Run `_run_rank` in `n_procs` forked children with `notebook_launcher`, "
-     "its logging of failures silenced (we report them).")
-    quiet = [logging.getLogger(n) for n in ('torch.distributed.elastic', 'torch.multiprocessing')]
-    levels = [l.level for l in quiet]
-    for l in quiet: l.setLevel(logging.CRITICAL)
+# %% ../nbs/15_distributed.ipynb #291c09aa
+def _fork_ranks(run_args, n_procs):
+    "Start `_run_rank` in `n_procs` forked children, ranks 0 to `n_procs - 1`, meeting at a free port."
+    port, fork = free_port(), multiprocessing.get_context('fork')
+    procs = [fork.Process(target=_run_rank, args=(*run_args, rank, port)) for rank in range(n_procs)]
+    for p in procs: p.start()
+    return procs
+
+def _stop(procs):
+    "Kill the children of `procs` still running, and wait for all of them."
+    for p in procs:
+        if p.is_alive(): p.kill()
+    for p in procs: p.join()
+
+def _watch(procs, timeout):
+    ("Wait for the ranks in `procs` to end: when one fails, stop the others at once; when one returns, "
+     "stop those still running `timeout` s later. Returns the ranks it stopped, and whether as hung.")
+    first_done, stopped, hung = None, [], False
     try:
-        with redirect_stdout(io.StringIO()):  # its "Launching training on 2 CUDAs." even on CPUs
-            notebook_launcher(_run_rank, run_args, num_processes=n_procs, use_port=str(free_port()))
-    finally:
-        for l, level in zip(quiet, levels): l.setLevel(level)
+        while running := [p for p in procs if p.is_alive()]:
+            ended = [p for p in procs if not p.is_alive()]
+            if any(p.exitcode != 0 for p in ended): break   # the others would only wait for it
+            if ended and first_done is None: first_done = time.monotonic()
+            if first_done is not None and time.monotonic() - first_done > timeout: hung = True; break
+            multiprocessing.connection.wait([p.sentinel for p in running], timeout=0.1)
+        stopped = [r for r, p in enumerate(procs) if p.is_alive()]
+    finally: _stop(procs)   # Ctrl-C included: no child outlives `launch`
+    return stopped, hung
+
+def _ending(exitcode):
+    "How a child with `exitcode` ended, in words: 'exit code 3', or 'signal SIGKILL' for a negative code."
+    if exitcode >= 0: return f'exit code {exitcode}'
+    try: return f'signal {signal.Signals(-exitcode).name}'
+    except ValueError: return f'signal {-exitcode}'
+
+def _raise_dead_or_hung(procs, results, stopped, hung, timeout):
+    ("Raise for a rank that ended without writing a result (it died: its exit code or signal), "
+     "else for a rank that `_watch` stopped as hung; do nothing if there was none.")
+    n = len(procs)
+    dead = [r for r, p in enumerate(procs) if r not in results and r not in stopped]
+    if dead:
+        r = dead[0]
+        raise RuntimeError(f'rank {r} of {n} died with {_ending(procs[r].exitcode)}, without a result or an exception '
+                           "(os._exit, a crash, or killed, as by the system when memory runs out); "
+                           "the other ranks' errors follow from it")
+    if hung:
+        raise TimeoutError(f'rank {stopped[0]} of {n} was still running {timeout} s after the first rank had finished, '
+                           'and was stopped: it hung outside a collective (a sleep, an endless loop), '
+                           'or has much more to do than the others (then raise `timeout`)')
 
 def _raise_first(results, n_procs, timeout):
     "Re-raise the exception raised first in any rank, with its traceback as cause; do nothing if none was."
     errors = sorted((r[4], rank, r) for rank, r in results.items() if r[0] == 'error')
     if not errors: return
     _, rank, (_, exc, msg, tb, _) = errors[0]
-    e = pickle.loads(exc) if exc is not None else RuntimeError(msg)
+    try: e = pickle.loads(exc) if exc is not None else None
+    except Exception: e = None   # an exception that pickle writes but can't rebuild (its __init__ takes other arguments)
+    if e is None: e = RuntimeError(msg)
     if isinstance(e, SystemExit):   # re-raised here, it would end the calling program (silently, for status 0)
         e = RuntimeError(f'rank {rank} of {n_procs} called sys.exit({e.code!r}): '
                          'a function run by launch must return or raise')
@@ -118,6 +154,7 @@ def _raise_first(results, n_procs, timeout):
         e = TimeoutError(f'rank {rank} of {n_procs} waited more than timeout={timeout} s for the other ranks: '
                          f'one of them stalled, or is much slower (then raise `timeout`). It said: {msg}')
     raise e from _RankTraceback(tb)
+
 
 # %% ../nbs/15_distributed.ipynb #001fa010
 def _launch_device(device, n_procs):
@@ -131,30 +168,39 @@ def _launch_device(device, n_procs):
                          "fewer processes, or device='cpu'")
     return device
 
+def _check_launch_args(n_procs, timeout):
+    "Raise if `n_procs` isn't a whole number of at least 1, or `timeout` isn't a positive number of seconds."
+    if isinstance(n_procs, bool) or not isinstance(n_procs, numbers.Integral):
+        raise TypeError(f'n_procs must be a whole number of processes, got {n_procs!r}')
+    if n_procs < 1: raise ValueError(f'n_procs must be at least 1, got {n_procs}')
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f'timeout must be a positive number of seconds, got {timeout!r}')
+    if not 0 < timeout < float('inf'): raise ValueError(f'timeout must be a positive number of seconds, got {timeout}')
+
 def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is returned
            args:tuple=(), # arguments of `fn` (inherited by the forked processes, not pickled)
            n_procs:int=2, # processes to start on this machine, each with one thread
-           timeout:float=60, # seconds a collective (all-reduce, barrier) waits for the other ranks before failing
+           # seconds a collective (all-reduce, barrier) waits for the other ranks before failing,
+           # and a rank may run on after another one has finished
+           timeout:float=60,
            # 'cuda' (a GPU per process, NCCL) or 'cpu' (gloo); None: 'cuda' if there is a GPU for every process
            device:str|None=None,
           ):
     ("Run `fn(*args)` in `n_procs` forked processes joined in a process group (gloo on CPUs, NCCL on GPUs); "
-     "return rank 0's result, or raise the first exception any rank raised.")
-    if n_procs < 1: raise ValueError(f'n_procs must be at least 1, got {n_procs}')
+     "return rank 0's result, or raise for the rank that died, the first exception any rank raised, or a hung rank.")
+    _check_launch_args(n_procs, timeout)
     device = _launch_device(device, n_procs)
     with tempfile.TemporaryDirectory() as folder:
-        run_args, launch_error = (fn, args, n_procs, timeout, folder, sys.stdout, device), None
         gc.collect(); gc.freeze()   # the children never collect (and finalise) this process's objects
         try:
-            if n_procs == 1: _start_one(run_args)
-            else: _start_many(run_args, n_procs)
-        except Exception as e: launch_error = e
+            procs = _fork_ranks((fn, args, n_procs, float(timeout), folder, sys.stdout, device), n_procs)
+            stopped, hung = _watch(procs, timeout)
         finally: gc.unfreeze()
         results = {int(p.name[4:]): pickle.loads(p.read_bytes()) for p in Path(folder).glob('rank*')}
+    _raise_dead_or_hung(procs, results, stopped, hung, timeout)
     _raise_first(results, n_procs, timeout)
-    if launch_error is not None: raise launch_error
-    if 0 not in results: raise RuntimeError(f'rank 0 of {n_procs} exited without a result (killed?)')
     return results[0][1]
+
 
 # %% ../nbs/15_distributed.ipynb #c4549de1
 class AccelerateCB(TrainCB):

@@ -178,10 +178,27 @@ def write_fashion_sample(folder, # where to write the four files
 # %% ../nbs/05a_fashion.ipynb #74e05ed6
 _SAMPLE_SOURCE = 'the sample bundled with miniai (3,000 train / 1,000 valid images), because '
 
+def _sample_data()->dict:
+    "The bundled sample as the decompressed bytes of the four IDX files, read where it ships: nothing is written."
+    data = {}
+    with np.load(files('miniai')/'data'/'fashion_sample.npz') as d:
+        for name, (fname, *_) in FASHION_FILES.items():
+            split, kind = name.split('-')
+            a = d[f'{"x" if kind == "images" else "y"}_{split}']
+            data[name] = _Named(_idx_header(_IDX_CODES[a.dtype], a.shape) + a.tobytes())
+            data[name].name = fname
+    return data
+
+def _check_urls(urls):
+    "Raise `TypeError` if `urls` is a single string: it would be read as a list of one-letter URLs."
+    if isinstance(urls, (str, bytes)):
+        raise TypeError(f'urls must be a list of base URLs, got the string {urls!r}: write urls=[{urls!r}]')
+
 def _find_fashion(folder:Path, system_dir, urls)->tuple:
-    "`(source, paths, data)`: where the four files are, in plain words, their paths, and their bytes if they were read."
+    ("`(source, paths, data)`: where the four files are, in plain words, their paths (None for the bundled sample), "
+     "and their bytes if they were read.")
     paths = lambda d: {name: Path(d)/f[0] for name, f in FASHION_FILES.items()}
-    sample = lambda reason: (_SAMPLE_SOURCE + reason, paths(write_fashion_sample(folder/'sample')), None)
+    sample = lambda reason: (_SAMPLE_SOURCE + reason, None, _sample_data())
     if test_size(): return sample('this is a test-size run (MINIAI_FULL=1 for the full set)')
     if (data := _verified(folder)) is not None: return 'the data folder', paths(folder), data
     system_dir = Path(FASHION_SYSTEM_DIR if system_dir is None else system_dir)
@@ -202,7 +219,10 @@ def fashion_paths(folder:str|Path|None=None, # where to keep the files (default:
                  )->dict:
     ("Paths of the four Fashion-MNIST files (`train-images`, ..., `valid-labels`), "
      "from the first good source; prints which.")
-    source, paths, _ = _find_fashion(Path(folder) if folder else data_dir()/'fashion-mnist', system_dir, urls)
+    _check_urls(urls)
+    folder = Path(folder) if folder else data_dir()/'fashion-mnist'
+    source, paths, _ = _find_fashion(folder, system_dir, urls)
+    if paths is None: paths = {name: write_fashion_sample(folder/'sample')/f[0] for name, f in FASHION_FILES.items()}
     if verbose: print(f'Fashion-MNIST files: {source}')
     return paths
 
@@ -231,6 +251,7 @@ def load_fashion(folder:str|Path|None=None, # where to keep the files (default: 
                 ):
     ("Fashion-MNIST as `((x_train, y_train), (x_valid, y_valid))`: uint8 images n x 28 x 28, int64 labels; "
      "prints the source.")
+    _check_urls(urls)
     folder = Path(folder) if folder else data_dir()/'fashion-mnist'
     cache = folder/'fashion-mnist.npz'
     if not test_size() and cache.exists() and (splits := _check_cache(cache)) is not None:

@@ -48,6 +48,10 @@ def load_state(model:nn.Module, # the model to load into, in place
               )->nn.Module:
     ("Load the tensors `state` into `model` after checking they are exactly the model's, with its shapes and dtypes; "
      "the error names `name`, then `advice`.")
+    if not isinstance(state, dict): raise TypeError(f'{name} holds a {type(state).__name__}, not a state_dict{advice}')
+    if odd := [k for k, v in state.items() if not isinstance(v, torch.Tensor)]:
+        raise TypeError(f'{name}: {odd[0]!r} holds a {type(state[odd[0]]).__name__}, not a tensor '
+                        f'(a state_dict maps names to tensors){advice}')
     own = model.state_dict()
     problems = [f'missing from the file: {sorted(missing)}'] if (missing := own.keys() - state.keys()) else []
     if extra := state.keys() - own.keys(): problems.append(f'not in the model: {sorted(extra)}')

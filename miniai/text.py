@@ -6,10 +6,10 @@
 __all__ = ['CLASS_NOUNS', 'PLURAL_NOUNS', 'ATTRIBUTE_WORDS', 'TEMPLATES', 'ATTRIBUTE_TEMPLATES', 'HELD_OUT', 'SPECIAL_TOKENS',
            'split_words', 'all_captions', 'captions_for', 'pixel_measures', 'tercile_thresholds', 'tercile_codes',
            'attribute_words', 'held_out_mask', 'drop_held_out', 'mentions_held_out', 'omit_words', 'FashionCaptions',
-           'caption_vocab', 'Tokenizer', 'caption_tokenizer']
+           'caption_vocab', 'Tokenizer', 'caption_tokenizer', 'check_prompts']
 
 # %% ../nbs/22_captions.ipynb #c2200003
-import operator, re
+import numbers, operator, re
 from functools import lru_cache
 import torch
 from .fashion import FASHION_CLASSES
@@ -200,12 +200,19 @@ def mentions_held_out(text:str, # any caption or prompt
                for c, m, v in _held_out_pairs(held_out) for word in [ATTRIBUTE_WORDS[m][v > 0]])
 
 # %% ../nbs/22_captions.ipynb #62af056c
+def _quote(x, limit:int=60)->str:
+    "`repr(x)` cut to `limit` characters and '...': an error quotes what it was given, never copies it whole."
+    r = repr(x)
+    return r if len(r) <= limit else r[:limit] + '...'
+
 def omit_words(words:tuple, # attribute words of one image, e.g. `('small', 'dark')`
                p:float, # probability of leaving out each word, independently
                generator:torch.Generator|None=None, # source of the choice (None: PyTorch's global one)
               )->tuple:
     ("`words` with each left out with probability `p`, the rest in order: "
      "a caption need not say everything true of its image.")
+    if isinstance(words, (str, bytes)):
+        raise TypeError(f'words must be a tuple of words, got the string {_quote(words)}: write ({_quote(words)},)')
     if not 0 <= p <= 1: raise ValueError(f'p must be a probability in [0, 1], got {p}')
     # no draw: with p = 0 the captions, and the generator's stream, are as before
     if not words or p == 0: return tuple(words)
@@ -264,6 +271,13 @@ def caption_vocab()->list:
 SPECIAL_TOKENS = ('<pad>', '<unk>', '<bos>', '<eos>')  # ids 0 to 3 of every `Tokenizer`
 
 # %% ../nbs/22_captions.ipynb #b828fbf6
+def _check_max_len(max_len)->int:
+    "`max_len` as an `int` if it is a whole number of at least 2 (not a bool), else a `TypeError` or `ValueError`."
+    msg = f'max_len must be a whole number of at least 2 (room for <bos> and <eos>), got {max_len!r}'
+    if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral): raise TypeError(msg)
+    if max_len < 2: raise ValueError(msg)
+    return int(max_len)
+
 class Tokenizer:
     ("Word-level tokenizer: text to `<bos> words <eos>` ids padded with `<pad>` to `max_len`, "
      "an attention mask, and back to text.")
@@ -272,12 +286,13 @@ class Tokenizer:
                  vocab:list, # the words, each a single word as `split_words` makes them (the special tokens go first)
                  max_len:int=16, # length of every encoded caption, `<bos>` and `<eos>` included
                 ):
+        if isinstance(vocab, (str, bytes)):
+            raise TypeError(f'vocab must be a list of words, got the string {_quote(vocab)}: write [{_quote(vocab)}]')
         words = list(dict.fromkeys([*SPECIAL_TOKENS, *vocab]))   # specials first, order kept, repeats dropped
         if bad := [w for w in words[len(SPECIAL_TOKENS):] if split_words(w) != [w]]:
             raise ValueError('vocabulary entries must be single lowercase words as split_words makes them, '
                              f'got {bad[:3]}')
-        if max_len < 2: raise ValueError(f'max_len must be at least 2 (room for <bos> and <eos>), got {max_len}')
-        self.itos, self.max_len = words, max_len
+        self.itos, self.max_len = words, _check_max_len(max_len)
         self.stoi = {w: i for i, w in enumerate(words)}
     def __len__(self): return len(self.itos)
     def __repr__(self): return f'Tokenizer({len(self)} tokens, max_len={self.max_len})'
@@ -286,7 +301,7 @@ class Tokenizer:
         ids = [self.stoi.get(w, self.unk_id) for w in split_words(text)]
         if len(ids) > self.max_len - 2:
             if not truncate:
-                raise ValueError(f'{text!r} has {len(ids)} words, but at most {self.max_len - 2} fit in '
+                raise ValueError(f'{_quote(text)} has {len(ids)} words, but at most {self.max_len - 2} fit in '
                                  f'max_len={self.max_len} with <bos> and <eos>: '
                                  f'shorten it, or pass truncate=True to keep its first {self.max_len - 2} words')
             ids = ids[:self.max_len - 2]
@@ -317,3 +332,21 @@ def caption_tokenizer(max_len:int=16, # length of every encoded caption, `<bos>`
                      )->Tokenizer:
     "The `Tokenizer` of our captions: the special tokens, then `caption_vocab()`."
     return Tokenizer(caption_vocab(), max_len)
+
+# %% ../nbs/22_captions.ipynb #1d5b3531
+def check_prompts(prompt, # a text, or a list of texts
+                  tokenizer:Tokenizer, # the text encoder's tokenizer
+                 )->list:
+    ("`prompt` as a non-empty list of texts, after checking that each is a string, "
+     "uses only words the text encoder was trained on, and fits in its `max_len` tokens.")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f'prompt must be a text or a non-empty list of texts, got {_quote(prompt)}')
+    for p in prompts:
+        if not isinstance(p, str): raise TypeError(f'each prompt must be a string, got {type(p).__name__} {_quote(p)}')
+        if unknown := list(dict.fromkeys(w for w in split_words(p) if w not in tokenizer.stoi)):
+            more = f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''
+            raise ValueError(f'{_quote(p)}: the text encoder was never trained on {", ".join(map(_quote, unknown[:5]))}'
+                             f'{more}; use the words of its captions: {" ".join(tokenizer.itos[len(SPECIAL_TOKENS):])}')
+        tokenizer.encode(p)   # raises if the prompt is too long, saying how long it may be
+    return list(prompts)

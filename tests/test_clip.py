@@ -289,3 +289,9 @@ def test_trained_clip_trains_when_missing(tmp_path, monkeypatch):
     again, tk2, rec2 = trained_clip(epochs=1, batch_size=32, n_train=64, verbose=False)
     assert rec2 == rec
     for (n, p), q in zip(model.state_dict().items(), again.state_dict().values()): torch.testing.assert_close(p, q, msg=n)
+
+def test_similarity_refuses_unknown_words(tok):
+    "'a zebra' and 'a giraffe' used to score the same: both became <unk>."
+    m = small_model(tok)
+    with pytest.raises(ValueError, match="never trained on 'zebra'.*use the words of its captions"):
+        similarity(m, tok, torch.zeros(2, 1, 32, 32), ['a dress', 'a zebra'])

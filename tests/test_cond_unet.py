@@ -184,6 +184,8 @@ def test_callback_batch_and_training(clip_tok, tmp_path):
     assert imgs.shape == (2, 1, 32, 32) and imgs.abs().max() <= 1
     again = generate(CondKarrasDenoiser(m, 1.), clip, tok, vae, 2., ['a bag', ''], steps=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(imgs, again)
+    with pytest.raises(ValueError, match="never trained on 'zebra'.*use the words of its captions"):   # it used to draw <unk>
+        generate(CondKarrasDenoiser(m, 1.), clip, tok, vae, 2., ['a zebra'], steps=2)
 
 def test_trained_cond_unet_saves_loads_and_refuses(clip_tok, tmp_path):
     clip, tok = clip_tok
@@ -219,3 +221,7 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
     lat = torch.randn(32, 4, 8, 8, generator=g)
     _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32, verbose=False)
     assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32'/'model.safetensors').is_file()
+
+@pytest.mark.parametrize('bs', [0, 2.5, '4'])
+def test_latent_dls_refuses_a_bad_batch_size(bs):
+    with pytest.raises(ValueError, match=f'positive integer value, but got batch_size={bs!r}'): latent_dls(torch.zeros(8, 4, 8, 8), bs)

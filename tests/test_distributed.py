@@ -1,7 +1,7 @@
 """Data parallelism (miniai.distributed): 2 processes equal 1 on the same global batch, metrics count the dataset once,
 a failing or stalled rank fails the launch quickly with its own error, and a world of the wrong size is refused.
 Every test runs under a time limit (SIGALRM), so a hung process group fails the test instead of hanging the suite."""
-import os, signal, subprocess, sys, textwrap, time
+import os, re, signal, subprocess, sys, textwrap, time
 from contextlib import contextmanager, redirect_stdout
 from functools import partial
 from pathlib import Path
@@ -155,3 +155,99 @@ def test_accelerate_save_never_leaves_half_a_file(tmp_path, monkeypatch):
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ['model.pt']
     monkeypatch.setattr(torch, 'save', real_save)
     load_model(simple_cnn(), path)
+
+class TwoArgs(Exception):
+    "An exception pickle can write but not rebuild: its __init__ needs two arguments, its args hold one."
+    def __init__(self, a, b): super().__init__(f'{a} met {b}')
+
+def raises_two_args(): raise TwoArgs('rank', 'trouble')
+
+def raises_signal_exception():
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    raise SignalException('Process 7 got signal: 15', sigval=signal.SIGTERM)
+
+@pytest.mark.parametrize('fn, text', [(raises_two_args, 'TwoArgs: rank met trouble'),
+                                      (raises_signal_exception, 'SignalException: Process 7 got signal: 15')])
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_text(fn, text):
+    "It used to surface as the TypeError of rebuilding it (`__init__() missing 'b'`, `missing 'sigval'`)."
+    with time_limit(30), pytest.raises(RuntimeError, match=text) as info: launch(fn, n_procs=1)
+    assert fn.__name__ in info.value.__cause__.tb
+
+def sleeps_in_every_rank(): time.sleep(30)
+
+def test_ctrl_c_on_the_caller_stops_the_ranks():
+    "Ctrl-C in the calling process raises KeyboardInterrupt there at once and stops every rank."
+    import threading
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with time_limit(30), pytest.raises(KeyboardInterrupt): launch(sleeps_in_every_rank, timeout=60)
+    assert time.monotonic() - start < 10
+    assert not [c for c in __import__('multiprocessing').active_children()]
+
+def rank1_hangs_outside_a_collective():
+    dist.all_reduce(torch.ones(1))
+    if dist.get_rank() == 1: time.sleep(120)   # no collective waits for it: gloo's timeout never fires
+    return 'rank 0 is done'
+
+def test_a_rank_hung_outside_a_collective_is_stopped():
+    "Rank 0 finished, rank 1 slept on: `launch(timeout=2)` used to wait for ever."
+    start = time.monotonic()
+    with time_limit(40), pytest.raises(TimeoutError, match=r'rank 1 of 2 was still running 2 s after the first rank'):
+        launch(rank1_hangs_outside_a_collective, timeout=2)
+    assert time.monotonic() - start < 15
+
+def rank1_dies(how):
+    dist.all_reduce(torch.ones(1))
+    if dist.get_rank() == 1:
+        if how == 'exit': os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(torch.ones(1))   # rank 0 waits here for a rank that is gone
+
+@pytest.mark.parametrize('how, said', [('exit', 'exit code 3'), ('kill', 'signal SIGKILL')])
+def test_a_dead_rank_is_named_not_the_survivor(how, said):
+    "The survivor's 'Connection closed by peer' used to be reported, as raised in rank 0."
+    with time_limit(40), pytest.raises(RuntimeError, match=f'rank 1 of 2 died .*{said}'):
+        launch(rank1_dies, (how,), timeout=10)
+
+@pytest.mark.parametrize('kwargs, error, text', [
+    (dict(timeout=-1), ValueError, 'timeout must be a positive number of seconds, got -1'),
+    (dict(timeout=True), TypeError, 'timeout must be a positive number of seconds, got True'),
+    (dict(n_procs=None), TypeError, 'n_procs must be a whole number of processes, got None'),
+    (dict(n_procs=2.0), TypeError, 'n_procs must be a whole number of processes, got 2.0'),
+    (dict(n_procs=0), ValueError, 'n_procs must be at least 1, got 0')])
+def test_launch_refuses_bad_arguments_before_forking(kwargs, error, text):
+    with time_limit(10), pytest.raises(error, match=re.escape(text)): launch(sleeps_in_every_rank, **kwargs)
+
+def _save_forever(path, models):
+    "Child: save each of `models` in turn to `path` with AccelerateCB.save on a slow disk, for ever (until killed)."
+    from types import SimpleNamespace
+    torch.set_num_threads(1)
+    real_save = torch.save
+    def slow_save(obj, f, *args, **kwargs):   # a slow disk: the kill lands mid-write most times
+        buf = io.BytesIO(); real_save(obj, buf, *args, **kwargs)
+        for i in range(0, len(buf.getvalue()), 4096): f.write(buf.getvalue()[i:i + 4096]); time.sleep(0.001)
+    torch.save = slow_save
+    cb = AccelerateCB()
+    cb.acc = SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True, unwrap_model=lambda m: m)
+    while True:
+        for m in models: cb.save(SimpleNamespace(model=m), path)
+
+def test_kill_during_accelerate_save_always_leaves_a_complete_checkpoint(tmp_path):
+    "kill -9 during AccelerateCB.save, five times: the file always loads as one whole model, and no .part outlives the next save."
+    import multiprocessing, random
+    from types import SimpleNamespace
+    from miniai.store import load_model
+    models = [simple_cnn() for _ in range(2)]
+    path, rng, mid_write = tmp_path/'model.pt', random.Random(0), 0
+    for _ in range(5):
+        p = multiprocessing.get_context('fork').Process(target=_save_forever, args=(path, models))
+        p.start(); time.sleep(rng.uniform(0.3, 0.6)); os.kill(p.pid, signal.SIGKILL); p.join()
+        assert p.exitcode == -signal.SIGKILL
+        mid_write += any(f.name.endswith('.part') for f in tmp_path.iterdir())
+        state = load_model(simple_cnn(), path).state_dict()
+        assert any(max_diff(state, m.state_dict()) == 0 for m in models)   # one of the two, whole
+        cb = AccelerateCB()
+        cb.acc = SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True, unwrap_model=lambda m: m)
+        cb.save(SimpleNamespace(model=models[0]), path)
+        assert [f.name for f in tmp_path.iterdir()] == ['model.pt']
+    assert mid_write >= 3, mid_write   # most kills hit a write in progress

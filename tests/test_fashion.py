@@ -229,3 +229,54 @@ def test_damaged_cache_is_rebuilt(tiny, capsys, monkeypatch, damage):
     check_tiny(load_fashion(tiny['data'], tiny['system']))
     check_tiny(load_fashion(tiny['data'], tiny['system']))
     assert 'decoded earlier' in source(capsys).splitlines()[-1]   # the cache was written again, and used
+
+def test_sample_is_read_where_it_ships_when_the_data_folder_is_read_only(tiny, capsys, monkeypatch):
+    "A read-only data folder: the sample fallback used to write the sample's files into it first, and fail."
+    monkeypatch.setenv('MINIAI_OFFLINE', '1')
+    def no_writes(*args, **kwargs): raise PermissionError(13, 'Permission denied (a read-only data folder)')
+    monkeypatch.setattr(fm, 'write_idx', no_writes)
+    monkeypatch.setattr(fm, 'atomic_write', no_writes)
+    (x, y), (xv, yv) = load_fashion(tiny['data'], tiny['system'])
+    assert (len(x), len(xv)) == (3000, 1000) and y.bincount().tolist() == [300] * 10
+    assert 'the sample bundled with miniai' in source(capsys) and not tiny['data'].exists()
+
+@pytest.mark.parametrize('fn', [load_fashion, fashion_paths])
+def test_urls_must_be_a_list_not_a_string(tiny, fn):
+    "A string used to be taken as a list of one-letter URLs."
+    with pytest.raises(TypeError, match=r"urls must be a list of base URLs, got the string 'file:///x/': "
+                                        r"write urls=\['file:///x/'\]"):
+        fn(tiny['data'], tiny['system'], urls='file:///x/')
+
+def _rewrite_cache_forever(data, system):
+    "Child: invalidate the cache and let load_fashion write it again, for ever (until killed)."
+    import os
+    os.environ['MINIAI_OFFLINE'] = '1'
+    torch.set_num_threads(1)
+    cache, real_savez = data/'fashion-mnist.npz', np.savez
+    def slow_savez(f, **arrays):   # a slow disk: the kill lands mid-write most times
+        import io, time
+        buf = io.BytesIO(); real_savez(buf, **arrays)
+        for i in range(0, len(buf.getvalue()), 4096): f.write(buf.getvalue()[i:i + 4096]); time.sleep(0.002)
+    np.savez = slow_savez
+    while True:
+        cache.unlink(missing_ok=True)   # so load_fashion builds it and writes it again
+        load_fashion(data, system, verbose=False)
+
+def test_kill_during_the_cache_write_never_leaves_a_bad_copy(tiny, capsys):
+    "kill -9 while the cache is written, five times: the next load is always correct, and leaves no .part behind."
+    import multiprocessing, os, random, signal, time
+    put(tiny['data'], tiny)
+    rng, mid_write = random.Random(0), 0
+    for _ in range(5):
+        p = multiprocessing.get_context('fork').Process(target=_rewrite_cache_forever, args=(tiny['data'], tiny['system']))
+        p.start(); time.sleep(rng.uniform(0.2, 0.5)); os.kill(p.pid, signal.SIGKILL); p.join()
+        assert p.exitcode == -signal.SIGKILL
+        mid_write += any(f.name.endswith('.part') for f in tiny['data'].iterdir())
+        cache = tiny['data']/'fashion-mnist.npz'
+        if cache.exists(): assert fm._check_cache(cache) is not None   # never half a cache
+        cache.unlink(missing_ok=True)   # so the next load saves again
+        check_tiny(load_fashion(tiny['data'], tiny['system']))
+        assert not [f.name for f in tiny['data'].iterdir() if f.name.endswith('.part')]
+        check_tiny(load_fashion(tiny['data'], tiny['system']))
+    assert 'decoded earlier' in source(capsys).splitlines()[-1]
+    assert mid_write >= 3, mid_write   # most kills hit a write in progress

@@ -197,3 +197,14 @@ def test_kill_9_during_save_trained_never_loses_the_model(tmp_path):
         load_trained(folder, UNet)
     save_trained(UNet(), folder)
     assert [p.name for p in tmp_path.iterdir()] == ['model']   # the next save removed what the killed ones left
+
+def test_load_state_names_a_value_that_is_not_a_tensor():
+    "A number or a list in a state dict used to end in `AttributeError: 'int' object has no attribute 'shape'`."
+    from miniai.store import load_state
+    model = torch.nn.Linear(2, 1)
+    for odd in (3, [1., 2.], None):
+        state = dict(model.state_dict(), bias=odd)
+        with pytest.raises(TypeError, match=f"weights.pt: 'bias' holds a {type(odd).__name__}, not a tensor.*retrain it"):
+            load_state(model, state, 'weights.pt', ': retrain it')
+    with pytest.raises(TypeError, match='weights.pt holds a list, not a state_dict'): load_state(model, [1], 'weights.pt')
+    load_state(model, model.state_dict(), 'weights.pt')

@@ -242,7 +242,7 @@ def test_tokenizer_vocabulary_and_errors():
     assert Tokenizer(['b', 'a', 'b', '<pad>']).itos == [*SPECIAL_TOKENS, 'b', 'a']   # order kept, repeats dropped
     with pytest.raises(ValueError, match='single lowercase words'): Tokenizer(['Dress'])
     with pytest.raises(ValueError, match='single lowercase words'): Tokenizer(['running shoe'])
-    with pytest.raises(ValueError, match='max_len must be at least 2'): Tokenizer(['a'], max_len=1)
+    with pytest.raises(ValueError, match='max_len must be a whole number of at least 2'): Tokenizer(['a'], max_len=1)
     with pytest.raises(ValueError, match='id 52 is not in the vocabulary'): TOK.decode([2, 52])
     with pytest.raises(TypeError, match='expected a string'): TOK([None])
     ids, mask = TOK([])
@@ -253,3 +253,31 @@ def test_decode_stops_at_eos():
     assert TOK.decode([TOK.bos_id, d, TOK.eos_id, d, TOK.pad_id]) == 'dress'
     assert TOK.decode([TOK.bos_id, d, TOK.pad_id, TOK.pad_id]) == 'dress'   # no <eos>: pads are skipped
     assert TOK.decode(torch.tensor([d, TOK.unk_id])) == 'dress <unk>'
+
+def test_tokenizer_refuses_a_string_for_its_vocabulary():
+    "Tokenizer('dress') used to build a vocabulary of the letters d, r, e, s."
+    with pytest.raises(TypeError, match=r"vocab must be a list of words, got the string 'dress': write \['dress'\]"): Tokenizer('dress')
+    assert Tokenizer(('dress', 'bag')).itos[-2:] == ['dress', 'bag']
+
+@pytest.mark.parametrize('max_len, error', [(2.5, TypeError), (3.5, TypeError), (True, TypeError), ('16', TypeError), (1, ValueError)])
+def test_tokenizer_max_len_is_a_whole_number(max_len, error):
+    "max_len=2.5 used to crash later, and 3.5 to say 'at most 1.5 fit'."
+    with pytest.raises(error, match=f'max_len must be a whole number of at least 2 .*, got {max_len!r}'): Tokenizer(['dress'], max_len)
+    assert Tokenizer(['dress'], np.int64(4)).max_len == 4 and type(Tokenizer(['dress'], np.int64(4)).max_len) is int
+
+def test_a_long_prompt_is_not_copied_whole_into_the_error():
+    from miniai.text import check_prompts
+    long = 'dress ' * 20_000
+    for call in (lambda: TOK.encode(long), lambda: check_prompts(long, TOK), lambda: check_prompts(long + 'zebra', TOK)):
+        with pytest.raises(ValueError) as info: call()
+        assert len(str(info.value)) < 1_000 and "'dress dress" in str(info.value) and '...' in str(info.value)
+
+def test_omit_words_refuses_a_string():
+    "omit_words('dark', .5) used to split the word into letters."
+    with pytest.raises(TypeError, match=r"words must be a tuple of words, got the string 'dark': write \('dark',\)"): omit_words('dark', .5)
+    assert omit_words(['dark'], 0.) == ('dark',)
+
+def test_check_prompts_lives_in_the_text_module_and_names_the_vocabulary():
+    from miniai.text import check_prompts
+    with pytest.raises(ValueError, match="never trained on 'zebra'.*use the words of its captions: .*dress"): check_prompts('a zebra', TOK)
+    assert check_prompts(['a dress', ''], TOK) == ['a dress', '']

@@ -141,7 +141,7 @@ def test_collate_errors():
 
 def test_errors():
     with pytest.raises(ValueError, match='same length; got 3 and 2'): Dataset(torch.zeros(3), torch.zeros(2))
-    with pytest.raises(ValueError, match='batch size must be at least 1, got 0'): BatchSampler(Sampler(Dataset(torch.zeros(3), torch.zeros(3))), 0)
+    with pytest.raises(ValueError, match='positive integer value, but got batch_size=0'): BatchSampler(Sampler(Dataset(torch.zeros(3), torch.zeros(3))), 0)
     with pytest.raises(ValueError, match='n_workers must be 0 or more'): DataLoader([], [], n_workers=-1)
     assert collate([(torch.tensor(1.), torch.tensor(2))])[0].shape == (1,)
 
@@ -252,3 +252,14 @@ def test_optimizer_refuses_a_negative_learning_rate(lr):
     "torch.optim.SGD refuses one (ValueError: Invalid learning rate); ours used to climb the loss instead."
     with pytest.raises(ValueError, match=f'Invalid learning rate: {lr}'): torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     with pytest.raises(ValueError, match=rf'Invalid learning rate: {lr}.*at least 0'): Optimizer([torch.zeros(1, requires_grad=True)], lr=lr)
+
+@pytest.mark.parametrize('bs', [0, -1, 2.5, True, None, '4'])
+def test_batch_sizes_are_refused_as_pytorch_refuses_them(bs):
+    "BatchSampler took 2.5 or True, and a batch size of 0 gave each helper its own error: now PyTorch's, from all."
+    import re
+    from miniai.training import get_dls
+    ds = Dataset(torch.zeros(3), torch.zeros(3))
+    said = re.escape(f'batch_size should be a positive integer value, but got batch_size={bs!r}')
+    with pytest.raises(ValueError, match=said): BatchSampler(Sampler(ds), bs)
+    with pytest.raises(ValueError, match=said): get_dls(ds, ds, bs)
+    assert len(BatchSampler(Sampler(ds), np.int64(2))) == 2   # any whole number type, as sizes from NumPy are
