@@ -314,7 +314,8 @@ def image_grid(images:torch.Tensor, # [rows * cols, 1, H, W] in [0, 1], each row
         for c in range(cols):
             ax = fig.add_axes([(left + c + pad) / width, (bottom + pad) / height,
                                (1 - 2 * pad) / width, (1 - 2 * pad) / height])
-            ax.imshow(images[r * cols + c, 0].cpu(), cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+            im = images[r * cols + c, 0].float().cpu().numpy()
+            ax.imshow(im, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
             ax.set_axis_off()
     return fig
 
