@@ -9,7 +9,7 @@ __all__ = ['PIPELINE_FORMAT', 'PIPELINE_FILES', 'MAX_IMAGES', 'GRID_DPI', 'GRID_
            'decoded_thresholds', 'image_grid', 'generate_cli']
 
 # %% ../nbs/26_text_to_image.ipynb #78477147
-import json, math, numbers, sys
+import io, json, math, numbers, sys
 from pathlib import Path
 import torch
 from torch import nn
@@ -379,6 +379,13 @@ def _draw(pipe, prompts, n, guidance, steps, seed)->torch.Tensor:
                      generator=torch.Generator().manual_seed(seed), num_images_per_prompt=n)
     except FloatingPointError as e: _fail(str(e), 1)
 
+def _write_png(fig, out:Path):
+    "Write `fig` to `out` as an 8-bit greyscale PNG (the grid has no colour), atomically: whole or not at all."
+    from PIL import Image as PILImage   # matplotlib's own dependency
+    rgba = io.BytesIO()
+    fig.savefig(rgba, format='png', dpi=GRID_DPI)
+    with atomic_write(out) as f: PILImage.open(rgba).convert('L').save(f, format='PNG', optimize=True)
+
 @call_parse
 def generate_cli(
     prompts:Param('one or more prompts, a row of images each, e.g. "a small dark bag"', str, nargs='+'),
@@ -394,7 +401,6 @@ def generate_cli(
     try: prompts, n, guidance, steps, seed, out = _generate_options(prompts, n, guidance, steps, seed, out)
     except ValueError as e: _fail(str(e), 2)
     images = _draw(_load_pipeline(folder), prompts, n, guidance, steps, seed)
-    fig = image_grid(images, [p or '(the empty prompt: no caption)' for p in prompts])
-    with atomic_write(out) as f: fig.savefig(f, format='png', dpi=GRID_DPI)
+    _write_png(image_grid(images, [p or '(the empty prompt: no caption)' for p in prompts]), out)
     print(f'wrote {out}: {len(prompts)} prompt(s) x {n} images, '
           f'guidance {guidance:g}, {steps} steps, seed {seed}')

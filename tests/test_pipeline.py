@@ -304,6 +304,7 @@ def test_command_writes_a_labelled_grid(data):
     assert status == 0, err
     assert out.startswith('wrote bags.png: 2 prompt(s) x 3 images, guidance 2, 2 steps, seed 1')
     assert png_size(data/'bags.png') == (4 * GRID_DPI, 2 * ROW)   # at least 4 columns wide, a row per prompt
+    assert (data/'bags.png').read_bytes()[24:26] == bytes([8, 0])     # 8 bits, greyscale
     assert not list(data.glob('.*part'))
 
 def test_command_without_a_pipeline_says_how_to_train(no_data):
@@ -362,9 +363,9 @@ def test_the_pipeline_is_called_with_keywords_only(data, capsys, monkeypatch):
 def test_a_failed_write_keeps_the_old_png(data, capsys, monkeypatch):
     generate_cli(['a bag'], n=2, steps=2, out='g.png')
     before = (data/'g.png').read_bytes()
-    from matplotlib.figure import Figure
+    from PIL import Image as PILImage
     def dying(self, f, **kw): f.write(b'half a png'); raise OSError('disk full')
-    monkeypatch.setattr(Figure, 'savefig', dying)
+    monkeypatch.setattr(PILImage.Image, 'save', dying)
     with pytest.raises(OSError, match='disk full'): generate_cli(['a coat'], n=2, steps=2, out='g.png')
     assert (data/'g.png').read_bytes() == before and not list(data.glob('.*part'))
 
