@@ -323,12 +323,11 @@ def image_grid(images:torch.Tensor, # [rows * cols, 1, H, W] in [0, 1], each row
 GRID_MAX_PROMPTS, GRID_MAX_IMAGES = 16, 32   # rows, and images a row, one command may ask for
 MAX_STEPS = 1000   # noise levels one command may ask for
 TRAIN_HINT = ('train it once (about 40 minutes on a 2-core CPU) with '
-              '`python -c "from miniai.pipeline import trained_pipeline; trained_pipeline()"` '
-              'from this folder, or run lesson 26 (nbs/26_text_to_image.ipynb) '
-              'and set MINIAI_DATA to its data folder')
+              '`python -c "from miniai.pipeline import trained_pipeline; trained_pipeline()"` run here, '
+              'or run lesson 26 (nbs/26_text_to_image.ipynb) and set MINIAI_DATA to its data folder (nbs/data)')
 
 def _fail(message:str, status:int):
-    "Print `message` on stderr as the command's error; exit with `status` (2: bad arguments, 1: no pipeline)."
+    "Print `message` on stderr as the command's error; exit with `status` (2: bad arguments, 1: nothing drawn)."
     print(f'miniai-generate: error: {message}', file=sys.stderr)
     raise SystemExit(status)
 
