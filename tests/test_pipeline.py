@@ -287,20 +287,23 @@ def no_data(tmp_path, monkeypatch):
     return tmp_path
 
 def run_command(folder, *args):
-    "Run `miniai-generate ARGS` in `folder` as pip's script for settings.ini's entry point would: (status, stdout, stderr)."
+    "Run `miniai-generate ARGS` in `folder` as pip's script for settings.ini's entry would: (status, stdout, stderr)."
     cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
     module, func = dict(e.split('=') for e in cfg['DEFAULT']['console_scripts'].split())['miniai-generate'].split(':')
     script = folder/'miniai-generate'
     script.write_text(f'import re, sys\nfrom {module} import {func}\nif __name__ == "__main__":\n'
-                      f'    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])\n    sys.exit({func}())\n')
+                      f'    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])\n'
+                      f'    sys.exit({func}())\n')
     import miniai   # the child imports the same miniai as this process
     path = os.pathsep.join([str(Path(miniai.__file__).parent.parent), os.environ.get('PYTHONPATH', '')])
     env = {**os.environ, 'PYTHONPATH': path, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, str(script), *args], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(script), *args], cwd=folder, env=env, capture_output=True, text=True,
+                       timeout=600)
     return r.returncode, r.stdout, r.stderr
 
 def test_command_writes_a_labelled_grid(data):
-    status, out, err = run_command(data, 'a small dark bag', 'a bag', '--n', '3', '--steps', '2', '--seed', '1', '--out', 'bags.png')
+    status, out, err = run_command(data, 'a small dark bag', 'a bag', '--n', '3', '--steps', '2', '--seed', '1',
+                                   '--out', 'bags.png')
     assert status == 0, err
     assert out.startswith('wrote bags.png: 2 prompt(s) x 3 images, guidance 2, 2 steps, seed 1')
     assert png_size(data/'bags.png') == (4 * GRID_DPI, 2 * ROW)   # at least 4 columns wide, a row per prompt
@@ -325,13 +328,13 @@ def test_command_refuses_options_of_the_wrong_type(data):
     status, _, err = run_command(data, 'a bag', '--n', 'eight')
     assert status == 2 and "argument --n: invalid int value: 'eight'" in err
 
-@pytest.mark.parametrize('kw,msg', [(dict(n=0), '--n must be a whole number from 1 to 32, got 0'), (dict(n=33), '--n'),
-                                    (dict(n=2.5), '--n'), (dict(n=True), '--n'), (dict(steps=0), '--steps'),
-                                    (dict(seed=-1), '--seed'), (dict(guidance=-1.), '--guidance must be a finite number >= 0'),
-                                    (dict(guidance=float('nan')), '--guidance'), (dict(guidance=float('inf')), '--guidance'),
-                                    (dict(guidance='2'), '--guidance'), (dict(out='bags.jpg'), 'must name a .png file'),
-                                    (dict(out='nowhere/bags.png'), 'no folder nowhere'), (dict(prompts=[]), 'give 1 to 16 prompts'),
-                                    (dict(prompts=['a bag'] * 17), 'give 1 to 16 prompts')])
+@pytest.mark.parametrize('kw,msg', [
+    (dict(n=0), '--n must be a whole number from 1 to 32, got 0'), (dict(n=33), '--n'), (dict(n=2.5), '--n'),
+    (dict(n=True), '--n'), (dict(steps=0), '--steps'), (dict(seed=-1), '--seed'),
+    (dict(guidance=-1.), '--guidance must be a finite number >= 0'), (dict(guidance=float('nan')), '--guidance'),
+    (dict(guidance=float('inf')), '--guidance'), (dict(guidance='2'), '--guidance'),
+    (dict(out='bags.jpg'), 'must name a .png file'), (dict(out='nowhere/bags.png'), 'no folder nowhere'),
+    (dict(prompts=[]), 'give 1 to 16 prompts'), (dict(prompts=['a bag'] * 17), 'give 1 to 16 prompts')])
 def test_bad_options_are_refused_before_loading(no_data, capsys, kw, msg):
     "Exit status 2 naming the option, even with no pipeline saved (which would be status 1): nothing is loaded first."
     with pytest.raises(SystemExit) as e: generate_cli(**{'prompts': ['a bag'], **kw})
@@ -342,7 +345,8 @@ def test_out_that_is_a_folder_is_refused(no_data, capsys):
     with pytest.raises(SystemExit) as e: generate_cli(['a bag'], out='pics.png')
     assert e.value.code == 2 and 'is a folder' in capsys.readouterr().err
 
-@pytest.mark.parametrize('prompts,n,size', [(['a bag'], 1, (4, 1)), (['a bag'], 6, (6, 1)), (['a bag', '', 'a dark dress'], 5, (5, 3))])
+@pytest.mark.parametrize('prompts,n,size', [(['a bag'], 1, (4, 1)), (['a bag'], 6, (6, 1)),
+                                            (['a bag', '', 'a dark dress'], 5, (5, 3))])
 def test_grid_size_follows_the_grid(data, capsys, prompts, n, size):
     generate_cli(prompts, n=n, steps=2, out='g.png')
     assert png_size(data/'g.png') == (size[0] * GRID_DPI, size[1] * ROW)
@@ -357,8 +361,10 @@ def test_the_pipeline_is_called_with_keywords_only(data, capsys, monkeypatch):
     monkeypatch.setattr(TextToImagePipeline, '__call__', spy)
     generate_cli(['a bag', 'a coat'], n=2, guidance=3., steps=2, seed=5, out='g.png')
     (args, kw), = calls
-    assert args == (['a bag', 'a coat'],) and sorted(kw) == ['generator', 'guidance_scale', 'num_images_per_prompt', 'num_inference_steps']
-    assert (kw['num_inference_steps'], kw['guidance_scale'], kw['num_images_per_prompt'], kw['generator'].initial_seed()) == (2, 3., 2, 5)
+    assert args == (['a bag', 'a coat'],)
+    assert sorted(kw) == ['generator', 'guidance_scale', 'num_images_per_prompt', 'num_inference_steps']
+    assert kw['generator'].initial_seed() == 5
+    assert (kw['num_inference_steps'], kw['guidance_scale'], kw['num_images_per_prompt']) == (2, 3., 2)
 
 def test_a_failed_write_keeps_the_old_png(data, capsys, monkeypatch):
     generate_cli(['a bag'], n=2, steps=2, out='g.png')
