@@ -1,5 +1,6 @@
-"The text-to-image pipeline: seeded and repeatable, prompts repeated in order, the empty prompt unconditional at any guidance, save/load giving the same images, safetensors files holding exactly the state_dict, every fault (missing, cut short, other architecture, bad index, interrupted save, foreign folder), prompt and argument checks, and the measures of decoded images against lesson 22's."
-import json, math, struct
+"The text-to-image pipeline: seeded and repeatable, prompts repeated in order, the empty prompt unconditional at any guidance, save/load giving the same images, safetensors files holding exactly the state_dict, every fault (missing, cut short, other architecture, bad index, interrupted save, foreign folder), prompt and argument checks, and the measures of decoded images against lesson 22's; the miniai-generate command run as a program (grid PNG, missing pipeline, unknown words, bad options)."
+import configparser, json, math, os, struct, subprocess, sys
+from pathlib import Path
 import numpy as np
 import pytest, torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from miniai.text import caption_tokenizer, caption_vocab, pixel_measures
 from miniai.vae import VAE
 import miniai.pipeline as pl
 from miniai.pipeline import (TextToImagePipeline, check_prompts, save_weights, load_weights, trained_pipeline, generated_measures,
-                             decoded_thresholds, sample_dpmpp_2m, PIPELINE_FILES)
+                             decoded_thresholds, sample_dpmpp_2m, PIPELINE_FILES, generate_cli, image_grid, GRID_DPI)
 from miniai.karras import sample_euler, sigmas_karras
 
 D = 16   # token width of the small test models
@@ -262,3 +263,133 @@ def test_images_that_come_out_nan_raise(pipe):
 def test_latent_scale_must_be_finite_and_positive(pipe, scale):
     with pytest.raises(ValueError, match='latent_scale must be a finite number > 0'):
         TextToImagePipeline(pipe.vae, pipe.clip, pipe.tokenizer, pipe.denoiser, scale)
+
+# the miniai-generate command
+ROOT = Path(__file__).resolve().parent.parent
+ROW = GRID_DPI + GRID_DPI // 4   # a row of the grid: a one-inch image under a quarter-inch title
+
+def png_size(path): return struct.unpack('>II', Path(path).read_bytes()[16:24])   # width, height from the header
+
+@pytest.fixture
+def data(pipe, tmp_path, monkeypatch):
+    "A data folder (MINIAI_DATA) with the small pipeline where trained_pipeline saves it; the cwd is `tmp_path`."
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'data'))
+    monkeypatch.chdir(tmp_path)
+    from miniai.store import models_dir
+    pipe.save_pretrained(models_dir()/'text_to_image')
+    return tmp_path
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    "An empty data folder: no pipeline anywhere."
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'data'))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+def run_command(folder, *args):
+    "Run `miniai-generate ARGS` in `folder` as pip's script for settings.ini's entry would: (status, stdout, stderr)."
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    module, func = dict(e.split('=') for e in cfg['DEFAULT']['console_scripts'].split())['miniai-generate'].split(':')
+    script = folder/'miniai-generate'
+    script.write_text(f'import re, sys\nfrom {module} import {func}\nif __name__ == "__main__":\n'
+                      f'    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])\n'
+                      f'    sys.exit({func}())\n')
+    import miniai   # the child imports the same miniai as this process
+    path = os.pathsep.join([str(Path(miniai.__file__).parent.parent), os.environ.get('PYTHONPATH', '')])
+    env = {**os.environ, 'PYTHONPATH': path, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, str(script), *args], cwd=folder, env=env, capture_output=True, text=True,
+                       timeout=600)
+    return r.returncode, r.stdout, r.stderr
+
+def test_command_writes_a_labelled_grid(data):
+    status, out, err = run_command(data, 'a small dark bag', 'a bag', '--n', '3', '--steps', '2', '--seed', '1',
+                                   '--out', 'bags.png')
+    assert status == 0, err
+    assert out.startswith('wrote bags.png: 2 prompt(s) x 3 images, guidance 2, 2 steps, seed 1')
+    assert png_size(data/'bags.png') == (4 * GRID_DPI, 2 * ROW)   # at least 4 columns wide, a row per prompt
+    assert (data/'bags.png').read_bytes()[24:26] == bytes([8, 0])     # 8 bits, greyscale
+    assert not list(data.glob('.*part'))
+
+def test_command_without_a_pipeline_says_how_to_train(no_data):
+    status, out, err = run_command(no_data, 'a small dark bag', '--out', 'bags.png')
+    assert status == 1 and out == ''
+    assert len(err.strip().splitlines()) == 1, err   # one line
+    assert 'no trained text-to-image pipeline in' in err and 'trained_pipeline()' in err
+    assert '40 minutes' in err and 'lesson 26' in err
+    assert not (no_data/'bags.png').exists()
+    assert [p.name for p in (no_data/'data').rglob('*')] == ['models']   # nothing trained or saved
+
+def test_command_refuses_unknown_words_listing_the_vocabulary(data):
+    status, out, err = run_command(data, 'a bag', 'a red bag')
+    assert status == 2 and "never trained on 'red'" in err and 'words of its captions: a an and' in err
+    assert not (data/'generated.png').exists()
+
+def test_command_refuses_options_of_the_wrong_type(data):
+    status, _, err = run_command(data, 'a bag', '--n', 'eight')
+    assert status == 2 and "argument --n: invalid int value: 'eight'" in err
+
+@pytest.mark.parametrize('kw,msg', [
+    (dict(n=0), '--n must be a whole number from 1 to 32, got 0'), (dict(n=33), '--n'), (dict(n=2.5), '--n'),
+    (dict(n=True), '--n'), (dict(steps=0), '--steps'), (dict(seed=-1), '--seed'),
+    (dict(guidance=-1.), '--guidance must be a finite number >= 0'), (dict(guidance=float('nan')), '--guidance'),
+    (dict(guidance=float('inf')), '--guidance'), (dict(guidance='2'), '--guidance'),
+    (dict(out='bags.jpg'), 'must name a .png file'), (dict(out='nowhere/bags.png'), 'no folder nowhere'),
+    (dict(prompts=[]), 'give 1 to 16 prompts'), (dict(prompts=['a bag'] * 17), 'give 1 to 16 prompts')])
+def test_bad_options_are_refused_before_loading(no_data, capsys, kw, msg):
+    "Exit status 2 naming the option, even with no pipeline saved (which would be status 1): nothing is loaded first."
+    with pytest.raises(SystemExit) as e: generate_cli(**{'prompts': ['a bag'], **kw})
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+def test_out_that_is_a_folder_is_refused(no_data, capsys):
+    (no_data/'pics.png').mkdir()
+    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], out='pics.png')
+    assert e.value.code == 2 and 'is a folder' in capsys.readouterr().err
+
+@pytest.mark.parametrize('prompts,n,size', [(['a bag'], 1, (4, 1)), (['a bag'], 6, (6, 1)),
+                                            (['a bag', '', 'a dark dress'], 5, (5, 3))])
+def test_grid_size_follows_the_grid(data, capsys, prompts, n, size):
+    generate_cli(prompts, n=n, steps=2, out='g.png')
+    assert png_size(data/'g.png') == (size[0] * GRID_DPI, size[1] * ROW)
+
+def test_same_seed_same_png(data, capsys):
+    png = lambda seed, name: (generate_cli(['a bag'], n=2, steps=2, seed=seed, out=name), (data/name).read_bytes())[1]
+    assert png(0, 'a.png') == png(0, 'b.png') != png(1, 'c.png')
+
+def test_the_pipeline_is_called_with_keywords_only(data, capsys, monkeypatch):
+    calls, real = [], TextToImagePipeline.__call__
+    def spy(self, *args, **kw): calls.append((args, kw)); return real(self, *args, **kw)
+    monkeypatch.setattr(TextToImagePipeline, '__call__', spy)
+    generate_cli(['a bag', 'a coat'], n=2, guidance=3., steps=2, seed=5, out='g.png')
+    (args, kw), = calls
+    assert args == (['a bag', 'a coat'],)
+    assert sorted(kw) == ['generator', 'guidance_scale', 'num_images_per_prompt', 'num_inference_steps']
+    assert kw['generator'].initial_seed() == 5
+    assert (kw['num_inference_steps'], kw['guidance_scale'], kw['num_images_per_prompt']) == (2, 3., 2)
+
+def test_a_failed_write_keeps_the_old_png(data, capsys, monkeypatch):
+    generate_cli(['a bag'], n=2, steps=2, out='g.png')
+    before = (data/'g.png').read_bytes()
+    from PIL import Image as PILImage
+    def dying(self, f, **kw): f.write(b'half a png'); raise OSError('disk full')
+    monkeypatch.setattr(PILImage.Image, 'save', dying)
+    with pytest.raises(OSError, match='disk full'): generate_cli(['a coat'], n=2, steps=2, out='g.png')
+    assert (data/'g.png').read_bytes() == before and not list(data.glob('.*part'))
+
+def test_a_broken_pipeline_exits_1_naming_the_file(data, capsys):
+    from miniai.store import models_dir
+    folder = models_dir()/'text_to_image'
+    (folder/PIPELINE_FILES['unet']).write_bytes(b'')
+    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], out='g.png')
+    assert e.value.code == 1 and 'unet.safetensors is not a readable safetensors file' in capsys.readouterr().err
+    (folder/PIPELINE_FILES['vae']).unlink()
+    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], out='g.png')
+    assert e.value.code == 1 and 'vae.safetensors is missing' in capsys.readouterr().err
+
+def test_images_that_are_not_finite_exit_1(data, capsys):
+    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], guidance=1e30, steps=2, out='g.png')
+    assert e.value.code == 1 and 'not finite' in capsys.readouterr().err and not (data/'g.png').exists()
+
+def test_image_grid_errors():
+    with pytest.raises(ValueError, match='for 2 titles'): image_grid(torch.zeros(5, 1, 32, 32), ['a', 'b'])
+    with pytest.raises(ValueError, match='for 0 titles'): image_grid(torch.zeros(4, 1, 32, 32), [])
+    with pytest.raises(ValueError, match='for 1 titles'): image_grid(torch.zeros(4, 3, 32, 32), ['a'])
