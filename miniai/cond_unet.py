@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['encode_latents', 'text_condition', 'CondUNet', 'caption_dropout', 'CondDiffusionCB', 'latent_dls', 'train_cond_unet',
-           'CondKarrasDenoiser', 'cfg_combine', 'GuidedDenoiser', 'generate', 'trained_cond_unet']
+           'CondKarrasDenoiser', 'cfg_combine', 'GuidedDenoiser', 'noise_latents', 'decode_latents', 'generate',
+           'trained_cond_unet']
 
 # %% ../nbs/25_cond_unet.ipynb #c99962a5
 import json, math, time
@@ -239,7 +240,7 @@ def _pad_tokens(context, mask, L):
 
 class GuidedDenoiser(nn.Module):
     ("A denoiser `D(x, sigma)` for lesson 20's samplers: the conditional and unconditional predictions "
-     "of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine`.")
+     "of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine` (at scale 1, the conditional one alone).")
     def __init__(self,
                  denoiser:CondKarrasDenoiser, # the conditioned denoiser
                  cond:tuple, # `text_condition(...)` of the prompts: one prompt for all images, or one per image
@@ -255,10 +256,34 @@ class GuidedDenoiser(nn.Module):
         L = max(c.shape[1], u.shape[1])
         (c, cm), (u, um) = _pad_tokens(c, cm, L), _pad_tokens(u, um, L)
         ex = lambda t: t.expand(n, *t.shape[1:])
+        if self.scale == 1: return self.denoiser(x, sigma, ex(c), ex(cm), ex(cp))   # the conditional model alone: one pass
         both = self.denoiser(torch.cat([x, x]), sigma, torch.cat([ex(c), ex(u)]), torch.cat([ex(cm), ex(um)]),
                              torch.cat([ex(cp), ex(up)]))
         cond, uncond = both.chunk(2)
         return cfg_combine(uncond, cond, self.scale)
+
+# %% ../nbs/25_cond_unet.ipynb #b75e5282
+def noise_latents(vae:VAE, # the VAE whose latents to start from: their channels and its downsampling factor
+                  n:int, # how many
+                  sigma_max:float=80., # their standard deviation: the sampler's first noise level
+                  generator:torch.Generator|None=None, # source of the noise, drawn on the CPU so a seed gives the same noise anywhere
+                  device=None, # where they go (default: the CPU)
+                  image_size:int=32, # side of the images they decode to, a multiple of the VAE's factor
+                 )->torch.Tensor:
+    "Starting latents `[n, n_latent, image_size/factor, image_size/factor]`: Gaussian noise of standard deviation `sigma_max`."
+    if image_size % vae.factor:
+        raise ValueError(f'image_size must be a multiple of {vae.factor} (the VAE halves it {len(vae.nfs) - 1} times), '
+                         f'got {image_size}')
+    size = image_size // vae.factor
+    return sigma_max * torch.randn((n, vae.n_latent, size, size), generator=generator).to(device)
+
+def decode_latents(vae:VAE, # the VAE that made the latents
+                   z:torch.Tensor, # sampled latents, on any device
+                   scale:float, # the latent scale they were made with: undone before decoding
+                  )->torch.Tensor:
+    "Images in [-1, 1], on the CPU, from latents `z`: divided by `scale`, decoded by the VAE, clamped."
+    vae.eval()
+    return vae.decode(z.to(next(vae.parameters()).device) / scale).clamp(-1, 1).cpu()
 
 # %% ../nbs/25_cond_unet.ipynb #1628d945
 @torch.no_grad()
@@ -275,18 +300,16 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
              sigma_min:float=0.01, # the last nonzero noise level
              sigma_max:float=80., # the first noise level
             )->torch.Tensor:
-    ("Images [n, 1, 32, 32] in [-1, 1] for `prompts`: latents from noise by `sampler` with `GuidedDenoiser`, "
-     "decoded by the VAE.")
+    ("Images [n, 1, 32, 32] in [-1, 1] for `prompts`: `noise_latents`, sampled by `sampler` with `GuidedDenoiser`, "
+     "then `decode_latents`.")
     prompts = check_prompts(prompts, tokenizer)   # unknown words would all mean <unk>
     guided = GuidedDenoiser(denoiser.eval(), text_condition(clip, tokenizer, prompts),
                             text_condition(clip, tokenizer, ['']), guidance_scale)
-    device, size = next(denoiser.parameters()).device, 32 // vae.factor
-    sigmas = sigmas_karras(steps, sigma_min, sigma_max).to(device)
-    x = sigma_max * torch.randn((len(prompts), vae.n_latent, size, size), generator=generator).to(device)
+    device = next(denoiser.parameters()).device
+    x = noise_latents(vae, len(prompts), sigma_max, generator, device)
     # not `karras_sample`: it clamps to the images' range [-1, 1], and latents are not images
-    z = sampler(guided, x, sigmas, generator=generator)
-    vae.eval()
-    return vae.decode(z.to(next(vae.parameters()).device) / scale).clamp(-1, 1).cpu()
+    z = sampler(guided, x, sigmas_karras(steps, sigma_min, sigma_max).to(device), generator=generator)
+    return decode_latents(vae, z, scale)
 
 # %% ../nbs/25_cond_unet.ipynb #d5d576ed
 def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 8], from `encode_latents`

@@ -19,7 +19,9 @@ from .text import (SPECIAL_TOKENS, Tokenizer, FashionCaptions, check_prompts, sp
                          tercile_thresholds)
 from .vae import VAE
 from .clip import CLIPModel
-from .cond_unet import CondUNet, CondKarrasDenoiser, generate, encode_latents
+from .cond_unet import (CondUNet, CondKarrasDenoiser, GuidedDenoiser, decode_latents, encode_latents,
+                              noise_latents, text_condition)
+from .karras import sigmas_karras
 
 # %% ../nbs/26_text_to_image.ipynb #c288eea6
 @torch.no_grad()
@@ -98,31 +100,55 @@ class TextToImagePipeline:
                 f'text encoder {n(self.clip.text_encoder) + n(self.clip.text_proj):,}, '
                 f'U-Net {n(self.denoiser):,}; {len(self.tokenizer)} tokens, latent scale {self.latent_scale:.4f})')
 
+    sigma_min, sigma_max = 0.01, 80.   # the noise levels sampling goes from (the first) and to (the last nonzero)
+
+    def encode_prompt(self, prompts:list)->tuple:
+        "Step 1: `(cond, uncond)`, lesson 25's `text_condition` of the prompts and of the empty caption."
+        return text_condition(self.clip, self.tokenizer, prompts), text_condition(self.clip, self.tokenizer, [''])
+
+    def prepare_latents(self, n:int, generator=None, image_size:int=32)->torch.Tensor:
+        "Step 2: `n` starting latents, noise at the first level, on the U-Net's device."
+        return noise_latents(self.vae, n, self.sigma_max, generator, next(self.denoiser.parameters()).device, image_size)
+
+    def denoise(self, latents, cond, uncond, guidance_scale:float=2., steps:int=10, sampler=None, generator=None):
+        "Step 3: the latents sampled down the noise levels, guided (at guidance 1, the conditional model alone)."
+        sigmas = sigmas_karras(steps, self.sigma_min, self.sigma_max).to(latents.device)
+        guided = GuidedDenoiser(self.denoiser, cond, uncond, guidance_scale)
+        return (sampler or sample_dpmpp_2m)(guided, latents, sigmas, generator=generator)
+
+    def decode(self, latents:torch.Tensor)->torch.Tensor:
+        "Step 4: images in [0, 1] on the CPU: the latent scale undone, decoded by the VAE."
+        return (decode_latents(self.vae, latents, self.latent_scale) + 1) / 2
+
     @torch.no_grad()
     def __call__(self,
                  prompt, # a text or a list of texts; '' asks for no caption (the unconditional model)
+                 *,
                  # noise levels the sampler visits (DPM-Solver++(2M): one guided U-Net call each)
                  num_inference_steps:int=10,
-                 # classifier-free guidance: 1 is the conditional model alone, 0 ignores the prompt
+                 # classifier-free guidance: 1 is the conditional model alone (one pass), 0 ignores the prompt
                  guidance_scale:float=2.,
                  # source of the starting noise: the same seed gives the same images
                  generator:torch.Generator|None=None,
                  num_images_per_prompt:int=1, # images for each prompt, given together
                  sampler=sample_dpmpp_2m, # a sampler with lesson 20's signature
                  batch_size:int=500, # images sampled at once (bounds the memory)
+                 image_size:int=32, # side of the images, a multiple of the VAE's factor (the models learned 32)
                 )->torch.Tensor:
-        "Images [len(prompts) * num_images_per_prompt, 1, 32, 32] in [0, 1]."
+        "Images [len(prompts) * num_images_per_prompt, 1, image_size, image_size] in [0, 1], by the four steps."
         prompts = check_prompts(prompt, self.tokenizer)
         steps = _check_whole('num_inference_steps', num_inference_steps)
         per_prompt = _check_whole('num_images_per_prompt', num_images_per_prompt)
         guidance_scale = _check_guidance(guidance_scale)
         if (n := len(prompts) * per_prompt) > MAX_IMAGES:
             raise ValueError(f'{n:,} images asked for, at most {MAX_IMAGES:,} images in one call: ask in several calls')
-        every = lambda i: [prompts[j // per_prompt] for j in range(i, min(i + batch_size, n))]   # built a batch at a time
-        out = [generate(self.denoiser, self.clip, self.tokenizer, self.vae, self.latent_scale,
-                        every(i), guidance_scale, steps, generator, sampler)
-               for i in range(0, n, batch_size)]
-        images = (torch.cat(out) + 1) / 2
+        out = []
+        for i in range(0, n, batch_size):
+            batch = [prompts[j // per_prompt] for j in range(i, min(i + batch_size, n))]   # built a batch at a time
+            cond, uncond = self.encode_prompt(batch)
+            latents = self.prepare_latents(len(batch), generator, image_size)
+            out.append(self.decode(self.denoise(latents, cond, uncond, guidance_scale, steps, sampler, generator)))
+        images = torch.cat(out)
         if not images.isfinite().all():
             raise FloatingPointError(f'the images are not finite (NaN or infinite) with guidance_scale={guidance_scale:g} '
                                      f'and latent_scale={self.latent_scale:g}: use a smaller guidance scale')

@@ -393,3 +393,30 @@ def test_image_grid_errors():
     with pytest.raises(ValueError, match='for 2 titles'): image_grid(torch.zeros(5, 1, 32, 32), ['a', 'b'])
     with pytest.raises(ValueError, match='for 0 titles'): image_grid(torch.zeros(4, 1, 32, 32), [])
     with pytest.raises(ValueError, match='for 1 titles'): image_grid(torch.zeros(4, 3, 32, 32), ['a'])
+
+def test_the_call_is_its_four_steps(pipe):
+    "`__call__` reads as encode the prompt, prepare latents, denoise, decode: the steps by hand give the same images."
+    prompts = ['a photo of a dark dress', 'a bag']
+    cond, uncond = pipe.encode_prompt(prompts)
+    latents = pipe.prepare_latents(2, g(3))
+    by_hand = pipe.decode(pipe.denoise(latents, cond, uncond, 2., 4, generator=g(3)))
+    torch.testing.assert_close(pipe(prompts, num_inference_steps=4, generator=g(3)), by_hand, rtol=0, atol=0)
+
+def test_the_call_takes_keywords_only(pipe):
+    with pytest.raises(TypeError): pipe('a bag', 4)
+
+def test_guidance_one_runs_the_unet_once_per_step(pipe):
+    "Guidance 1 used to run the doubled batch (conditional and unconditional) although only the conditional counts."
+    sizes = []
+    hook = pipe.denoiser.model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    try:
+        pipe(['a bag'] * 3, num_inference_steps=4, generator=g(0), guidance_scale=1.)
+        one = sizes[:]; sizes.clear()
+        pipe(['a bag'] * 3, num_inference_steps=4, generator=g(0), guidance_scale=2.)
+    finally: hook.remove()
+    assert set(one) == {3} and set(sizes) == {6} and len(one) == len(sizes)
+
+def test_image_size_follows_the_argument(pipe):
+    assert pipe('a bag', num_inference_steps=2, generator=g(0), image_size=16).shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match='image_size must be a multiple of 4'):
+        pipe('a bag', num_inference_steps=2, image_size=18)
