@@ -122,6 +122,7 @@ def _ending(exitcode):
     try: return f'signal {signal.Signals(-exitcode).name}'
     except ValueError: return f'signal {-exitcode}'
 
+# %% ../nbs/15_distributed.ipynb #19268df1
 def _raise_dead_or_hung(procs, results, stopped, hung, timeout):
     ("Raise for a rank that ended without writing a result (it died: its exit code or signal), "
      "else for a rank that `_watch` stopped as hung; do nothing if there was none.")
@@ -155,7 +156,6 @@ def _raise_first(results, n_procs, timeout):
                          f'one of them stalled, or is much slower (then raise `timeout`). It said: {msg}')
     raise e from _RankTraceback(tb)
 
-
 # %% ../nbs/15_distributed.ipynb #001fa010
 def _launch_device(device, n_procs):
     ("The device `launch` runs on: `device`, checked, "
@@ -177,6 +177,7 @@ def _check_launch_args(n_procs, timeout):
         raise TypeError(f'timeout must be a positive number of seconds, got {timeout!r}')
     if not 0 < timeout < float('inf'): raise ValueError(f'timeout must be a positive number of seconds, got {timeout}')
 
+# %% ../nbs/15_distributed.ipynb #d80f3054
 def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is returned
            args:tuple=(), # arguments of `fn` (inherited by the forked processes, not pickled)
            n_procs:int=2, # processes to start on this machine, each with one thread
@@ -200,7 +201,6 @@ def launch(fn, # run in every process as `fn(*args)`; rank 0's return value is r
     _raise_dead_or_hung(procs, results, stopped, hung, timeout)
     _raise_first(results, n_procs, timeout)
     return results[0][1]
-
 
 # %% ../nbs/15_distributed.ipynb #c4549de1
 class AccelerateCB(TrainCB):

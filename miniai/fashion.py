@@ -212,6 +212,7 @@ def _find_fashion(folder:Path, system_dir, urls)->tuple:
         except DownloadError as e: reason = f'the download failed ({e})'
     return sample(reason)
 
+# %% ../nbs/05a_fashion.ipynb #5dd9f3fa
 def fashion_paths(folder:str|Path|None=None, # where to keep the files (default: `data_dir()/'fashion-mnist'`)
                   system_dir:str|Path|None=None, # a system copy to try (default: `FASHION_SYSTEM_DIR`)
                   urls:list[str]|None=None, # base URLs to download from, in order (default: `FASHION_URLS`)

@@ -63,6 +63,7 @@ def with_cbs(nm:str):
 # %% ../nbs/09_learner.ipynb #93cac947
 _steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
 
+# %% ../nbs/09_learner.ipynb #1b785aef
 class Learner:
     ("Trains `model` on `dls` (`.train`, `.valid`) with `loss_func`; the callbacks `cbs` do the rest, the "
      "training step included.")

@@ -340,6 +340,7 @@ def _generate_options(prompts, n, guidance, steps, seed, out)->tuple:
             _check_count('--steps', steps, 1, MAX_STEPS), _check_count('--seed', seed, 0, 2**64 - 1),
             _check_out(out))
 
+# %% ../nbs/26_text_to_image.ipynb #00bdf7ee
 def _load_pipeline(folder)->TextToImagePipeline:
     ("The pipeline saved in `folder` (default `models_dir()/'text_to_image'`); "
      "exit with status 1 saying how to make one if there is none.")

@@ -286,6 +286,7 @@ def _check_writable(folder:Path):
         raise PermissionError(f'nothing can be saved in {folder} ({e.strerror}), so a trained model would be lost: '
                               'point MINIAI_DATA at a folder you can write to') from e
 
+# %% ../nbs/17_ddpm.ipynb #9c45ba26
 def load_or_train(folder:str|Path, # the model's folder (`save_trained`'s), named after the settings that change it
                   build, # makes an empty model, `build(**config)`: usually its class
                   config:dict, # the keywords `build` takes: a saved model must have been built with these

@@ -278,6 +278,7 @@ def _check_max_len(max_len)->int:
     if max_len < 2: raise ValueError(msg)
     return int(max_len)
 
+# %% ../nbs/22_captions.ipynb #f4aee41a
 class Tokenizer:
     ("Word-level tokenizer: text to `<bos> words <eos>` ids padded with `<pad>` to `max_len`, "
      "an attention mask, and back to text.")
