@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% ../nbs/23_attention.ipynb #5eb13bfc
 def _check_bool_mask(mask):
@@ -110,28 +111,32 @@ class MultiHeadAttention(nn.Module):
             mask = mask[:, None, None, :]
         return self._heads(self.q_proj(x)), self._heads(self.k_proj(context)), self._heads(self.v_proj(context)), mask
 
-    def attention_weights(self,
-                          x:torch.Tensor, # queries' inputs [n, Lq, d_model]
-                          context:torch.Tensor|None=None, # keys' and values' inputs [n, Lk, d_context] (None: x)
-                          mask:torch.Tensor|None=None, # bool [n, Lk], True = a real token of the context
-                          causal:bool=False, # hide the keys after each query's position
-                         )->torch.Tensor:
-        "Every head's attention weights, [n, n_heads, Lq, Lk]."
-        q, k, _, mask = self._project(x, context, mask)
-        return attention_weights(q, k, mask, causal)
+# %% ../nbs/23_attention.ipynb #3e715a33
+@patch
+def attention_weights(self:MultiHeadAttention,
+                      x:torch.Tensor, # queries' inputs [n, Lq, d_model]
+                      context:torch.Tensor|None=None, # keys' and values' inputs [n, Lk, d_context] (None: x)
+                      mask:torch.Tensor|None=None, # bool [n, Lk], True = a real token of the context
+                      causal:bool=False, # hide the keys after each query's position
+                     )->torch.Tensor:
+    "Every head's attention weights, [n, n_heads, Lq, Lk]."
+    q, k, _, mask = self._project(x, context, mask)
+    return attention_weights(q, k, mask, causal)
 
-    def forward(self,
-                x:torch.Tensor, # queries' inputs [n, Lq, d_model]
-                context:torch.Tensor|None=None, # keys' and values' inputs [n, Lk, d_context] (None: x, self-attention)
-                mask:torch.Tensor|None=None, # bool [n, Lk], True = a real token of the context
-                causal:bool=False, # hide the keys after each query's position
-               )->torch.Tensor:
-        "[n, Lq, d_model]; exactly 0 for a query with no key to attend to."
-        q, k, v, mask = self._project(x, context, mask)
-        out = self.out_proj(attention(q, k, v, mask, causal).transpose(1, 2).reshape(x.shape))
-        if mask is None: return out   # a causal mask alone always leaves each query its first key
-        keep = _keep_mask(mask, causal, (len(x), 1, x.shape[1], k.shape[2]), x.device)
-        return out * keep.any(-1).transpose(1, 2)   # [n, Lq, 1]: does the query have any key?
+# %% ../nbs/23_attention.ipynb #8b6f218d
+@patch
+def forward(self:MultiHeadAttention,
+            x:torch.Tensor, # queries' inputs [n, Lq, d_model]
+            context:torch.Tensor|None=None, # keys' and values' inputs [n, Lk, d_context] (None: x, self-attention)
+            mask:torch.Tensor|None=None, # bool [n, Lk], True = a real token of the context
+            causal:bool=False, # hide the keys after each query's position
+           )->torch.Tensor:
+    "[n, Lq, d_model]; exactly 0 for a query with no key to attend to."
+    q, k, v, mask = self._project(x, context, mask)
+    out = self.out_proj(attention(q, k, v, mask, causal).transpose(1, 2).reshape(x.shape))
+    if mask is None: return out   # a causal mask alone always leaves each query its first key
+    keep = _keep_mask(mask, causal, (len(x), 1, x.shape[1], k.shape[2]), x.device)
+    return out * keep.any(-1).transpose(1, 2)   # [n, Lq, 1]: does the query have any key?
 
 # %% ../nbs/23_attention.ipynb #eb07a83e
 class TransformerBlock(nn.Module):
@@ -192,24 +197,26 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList([TransformerBlock(d_model, n_heads, mlp_ratio) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self,
-                ids:torch.Tensor, # token ids [n, L], L <= max_len
-                mask:torch.Tensor|None=None, # bool [n, L], True = a real token (None: all are)
-               )->tuple:
-        ("`(features [n, L, d_model], pooled [n, d_model])`; "
-         "padding changes neither the real tokens' features nor the pooled vector.")
-        if ids.ndim != 2 or ids.is_floating_point():
-            raise ValueError(f'ids must be integer token ids [batch, length], got {ids.dtype} {tuple(ids.shape)}')
-        if ids.shape[1] > self.max_len:
-            raise ValueError(f'sequences of {ids.shape[1]} tokens are longer than max_len={self.max_len}: '
-                             'truncate them or build the encoder with a larger max_len')
-        if ids.numel() and not 0 <= ids.min() <= ids.max() < self.vocab_size:
-            raise ValueError(f'token ids must be in [0, {self.vocab_size}), '
-                             f'got {ids.min().item()}..{ids.max().item()}')
-        x = self.tok_emb(ids) + self.pos_emb[:ids.shape[1]]
-        for block in self.blocks: x = block(x, mask)
-        x = self.norm(x)
-        return x, masked_mean(x, mask)
+# %% ../nbs/23_attention.ipynb #155f805b
+@patch
+def forward(self:TextEncoder,
+            ids:torch.Tensor, # token ids [n, L], L <= max_len
+            mask:torch.Tensor|None=None, # bool [n, L], True = a real token (None: all are)
+           )->tuple:
+    ("`(features [n, L, d_model], pooled [n, d_model])`; "
+     "padding changes neither the real tokens' features nor the pooled vector.")
+    if ids.ndim != 2 or ids.is_floating_point():
+        raise ValueError(f'ids must be integer token ids [batch, length], got {ids.dtype} {tuple(ids.shape)}')
+    if ids.shape[1] > self.max_len:
+        raise ValueError(f'sequences of {ids.shape[1]} tokens are longer than max_len={self.max_len}: '
+                         'truncate them or build the encoder with a larger max_len')
+    if ids.numel() and not 0 <= ids.min() <= ids.max() < self.vocab_size:
+        raise ValueError(f'token ids must be in [0, {self.vocab_size}), '
+                         f'got {ids.min().item()}..{ids.max().item()}')
+    x = self.tok_emb(ids) + self.pos_emb[:ids.shape[1]]
+    for block in self.blocks: x = block(x, mask)
+    x = self.norm(x)
+    return x, masked_mean(x, mask)
 
 # %% ../nbs/23_attention.ipynb #7d5568c7
 class CrossAttention2d(nn.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .accel import ChannelsLastCB
@@ -83,16 +84,20 @@ class CLIPModel(nn.Module):
             raise ValueError(f'images must be [n, 1, height, width], got {tuple(images.shape)}')
         return F.normalize(self.image_encoder(images), dim=-1)
 
-    def encode_text(self, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
-        ("Unit-length embeddings [n, d_emb] of token ids [n, L] with their mask (True at real tokens), "
-         "as a `Tokenizer` returns them.")
-        return F.normalize(self.text_proj(self.text_encoder(ids, mask)[1]), dim=-1)
+# %% ../nbs/24_clip.ipynb #f15a3004
+@patch
+def encode_text(self:CLIPModel, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
+    ("Unit-length embeddings [n, d_emb] of token ids [n, L] with their mask (True at real tokens), "
+     "as a `Tokenizer` returns them.")
+    return F.normalize(self.text_proj(self.text_encoder(ids, mask)[1]), dim=-1)
 
-    def forward(self, images:torch.Tensor, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
-        "[n, n] scaled cosine similarities of every image (rows) with every caption (columns) of a batch of pairs."
-        if len(images) != len(ids):
-            raise ValueError(f'{len(images)} images but {len(ids)} captions: a batch holds image-caption pairs')
-        return self.scale * self.encode_image(images) @ self.encode_text(ids, mask).T
+# %% ../nbs/24_clip.ipynb #36855d5b
+@patch
+def forward(self:CLIPModel, images:torch.Tensor, ids:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
+    "[n, n] scaled cosine similarities of every image (rows) with every caption (columns) of a batch of pairs."
+    if len(images) != len(ids):
+        raise ValueError(f'{len(images)} images but {len(ids)} captions: a batch holds image-caption pairs')
+    return self.scale * self.encode_image(images) @ self.encode_text(ids, mask).T
 
 # %% ../nbs/24_clip.ipynb #c2400025
 def fashion_thresholds(verbose:bool=False, # print where the data came from

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from fastcore.basics import patch
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .sched import OneCycleCB
 from .store import load_or_train, models_dir, state_digest
@@ -95,43 +96,45 @@ class CondUNet(UNet):
         self.mid_attn = CrossAttention2d(nfs[-1], d_context, n_heads) if attn_from < len(nfs) else None
         self.up_attns = nn.ModuleList(xattns(len(nfs) - 1 - i, nf, n_layers + 1) for i, nf in enumerate(nfs[::-1]))
 
-    def forward(self,
-                x:torch.Tensor, # noisy latents [n, in_ch, h, w]
-                t:torch.Tensor, # noise level (e.g. Karras' `c_noise`), one per image or one for all
-                context:torch.Tensor, # token features [n, L, d_context]
-                mask:torch.Tensor|None, # bool [n, L], True = a real token (None: all are)
-                pooled:torch.Tensor, # pooled text embedding [n, d_pooled]
-               )->torch.Tensor:
-        "[n, out_ch, h, w]"
-        m = 2 ** (len(self.downs) - 1)
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
-                             f'got {tuple(x.shape[-2:])}')
-        if context.ndim != 3 or len(context) != len(x):
-            raise ValueError(f'context must be [n={len(x)}, length, d_context], got {tuple(context.shape)}')
-        if pooled.shape != (len(x), self.cond_proj.in_features):
-            raise ValueError(f'pooled must be [n, d_pooled] = {(len(x), self.cond_proj.in_features)}, '
-                             f'got {tuple(pooled.shape)}')
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0: t = t.expand(len(x))
-        # FiLM: every EmbResBlock turns this into scale and shift
-        emb = self.emb_mlp(timestep_embedding(t, self.n_temb)) + self.cond_proj(pooled)
-        x = self.conv_in(x)
-        saved = [x]
-        for d, attns in zip(self.downs, self.down_attns):
-            for i, r in enumerate(d.resnets):
-                x = r(x, emb)
-                if len(attns): x = attns[i](x, context, mask)
-                saved.append(x)
-            if d.down is not None: x = d.down(x); saved.append(x)
-        x = self.mid(x, emb)
-        if self.mid_attn is not None: x = self.mid_attn(x, context, mask)
-        for u, attns in zip(self.ups, self.up_attns):
-            for i, r in enumerate(u.resnets):
-                x = r(torch.cat([x, saved.pop()], dim=1), emb)
-                if len(attns): x = attns[i](x, context, mask)
-            if u.up is not None: x = u.up(x)
-        return self.conv_out(x)
+# %% ../nbs/25_cond_unet.ipynb #207c2bd0
+@patch
+def forward(self:CondUNet,
+            x:torch.Tensor, # noisy latents [n, in_ch, h, w]
+            t:torch.Tensor, # noise level (e.g. Karras' `c_noise`), one per image or one for all
+            context:torch.Tensor, # token features [n, L, d_context]
+            mask:torch.Tensor|None, # bool [n, L], True = a real token (None: all are)
+            pooled:torch.Tensor, # pooled text embedding [n, d_pooled]
+           )->torch.Tensor:
+    "[n, out_ch, h, w]"
+    m = 2 ** (len(self.downs) - 1)
+    if x.shape[-2] % m or x.shape[-1] % m:
+        raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
+                         f'got {tuple(x.shape[-2:])}')
+    if context.ndim != 3 or len(context) != len(x):
+        raise ValueError(f'context must be [n={len(x)}, length, d_context], got {tuple(context.shape)}')
+    if pooled.shape != (len(x), self.cond_proj.in_features):
+        raise ValueError(f'pooled must be [n, d_pooled] = {(len(x), self.cond_proj.in_features)}, '
+                         f'got {tuple(pooled.shape)}')
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim == 0: t = t.expand(len(x))
+    # FiLM: every EmbResBlock turns this into scale and shift
+    emb = self.emb_mlp(timestep_embedding(t, self.n_temb)) + self.cond_proj(pooled)
+    x = self.conv_in(x)
+    saved = [x]
+    for d, attns in zip(self.downs, self.down_attns):
+        for i, r in enumerate(d.resnets):
+            x = r(x, emb)
+            if len(attns): x = attns[i](x, context, mask)
+            saved.append(x)
+        if d.down is not None: x = d.down(x); saved.append(x)
+    x = self.mid(x, emb)
+    if self.mid_attn is not None: x = self.mid_attn(x, context, mask)
+    for u, attns in zip(self.ups, self.up_attns):
+        for i, r in enumerate(u.resnets):
+            x = r(torch.cat([x, saved.pop()], dim=1), emb)
+            if len(attns): x = attns[i](x, context, mask)
+        if u.up is not None: x = u.up(x)
+    return self.conv_out(x)
 
 # %% ../nbs/25_cond_unet.ipynb #dfbe3556
 def caption_dropout(captions:list, # the batch's captions

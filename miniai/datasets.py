@@ -12,6 +12,7 @@ from functools import wraps
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from .fashion import load_fashion
 from .training import get_dls
 
@@ -50,16 +51,25 @@ class DictDataset:
          "PyTorch's `DataLoader` fetches batches this way.")
         idxs = list(idxs)
         return BatchRows(self._batch(idxs), len(idxs))
-    def head(self, n:int)->'DictDataset':
-        "The first `n` rows (all of them if there are fewer, as slicing gives), with the same transform."
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f'the number of rows must be a whole number of at least 1, got {n!r}')
-        return DictDataset({k: v[:n] for k, v in self.columns.items()}, self.transform)
-    def with_transform(self, transform)->'DictDataset':
-        ("A dataset on the same columns whose batches go through `transform` as they are read "
-         "(the data itself is not changed).")
-        return DictDataset(self.columns, transform)
-    def __repr__(self): return f'DictDataset(column_names={self.column_names}, num_rows={len(self)})'
+
+# %% ../nbs/05b_datasets.ipynb #55a20c07
+@patch
+def head(self:DictDataset, n:int)->'DictDataset':
+    "The first `n` rows (all of them if there are fewer, as slicing gives), with the same transform."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f'the number of rows must be a whole number of at least 1, got {n!r}')
+    return DictDataset({k: v[:n] for k, v in self.columns.items()}, self.transform)
+
+# %% ../nbs/05b_datasets.ipynb #9ff0f87a
+@patch
+def with_transform(self:DictDataset, transform)->'DictDataset':
+    ("A dataset on the same columns whose batches go through `transform` as they are read "
+     "(the data itself is not changed).")
+    return DictDataset(self.columns, transform)
+
+# %% ../nbs/05b_datasets.ipynb #cc305a9e
+@patch
+def __repr__(self:DictDataset): return f'DictDataset(column_names={self.column_names}, num_rows={len(self)})'
 
 # %% ../nbs/05b_datasets.ipynb #2811f532
 class BatchRows(Sequence):

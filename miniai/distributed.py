@@ -15,6 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from fastcore.basics import patch
 from .accel import bf16_supported
 from .store import save_model
 from .tables import format_table
@@ -235,46 +236,56 @@ class AccelerateCB(TrainCB):
                                kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=self.timeout))])
         return self.acc
 
-    def before_fit(self, learn):
-        self.silenced, self.dls = [], None
-        acc = self._accelerator()
-        expected = self.n_procs or (int(os.environ['WORLD_SIZE']) if 'WORLD_SIZE' in os.environ else None)
-        check_world_size(expected, acc.num_processes)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules())
-        if has_bn and acc.num_processes > 1:
-            if self.sync_bn and not self.cpu: learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(learn.model)
-            else: warnings.warn('BatchNorm computes its statistics on each process\'s share of the batch: '
-                                'training differs from one process (sync_bn=True converts to SyncBatchNorm on GPUs; '
-                                'on CPUs use GroupNorm or LayerNorm)')
-        self.dls = learn.dls.train, learn.dls.valid
-        learn.model, learn.opt, learn.dls.train, learn.dls.valid = acc.prepare(learn.model, learn.opt, *self.dls)
-        if not acc.is_main_process:
-            for cb in learn.cbs:
-                if isinstance(cb, ProgressCB): self.silenced.append((cb, 'bars', cb.bars)); cb.bars = False
-                if isinstance(cb, MetricsCB):
-                    self.silenced.append((cb, 'logger', cb.logger)); cb.logger = lambda record: None
+# %% ../nbs/15_distributed.ipynb #9e5a577f
+@patch
+def before_fit(self:AccelerateCB, learn):
+    self.silenced, self.dls = [], None
+    acc = self._accelerator()
+    expected = self.n_procs or (int(os.environ['WORLD_SIZE']) if 'WORLD_SIZE' in os.environ else None)
+    check_world_size(expected, acc.num_processes)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules())
+    if has_bn and acc.num_processes > 1:
+        if self.sync_bn and not self.cpu: learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(learn.model)
+        else: warnings.warn('BatchNorm computes its statistics on each process\'s share of the batch: '
+                            'training differs from one process (sync_bn=True converts to SyncBatchNorm on GPUs; '
+                            'on CPUs use GroupNorm or LayerNorm)')
+    self.dls = learn.dls.train, learn.dls.valid
+    learn.model, learn.opt, learn.dls.train, learn.dls.valid = acc.prepare(learn.model, learn.opt, *self.dls)
+    if not acc.is_main_process:
+        for cb in learn.cbs:
+            if isinstance(cb, ProgressCB): self.silenced.append((cb, 'bars', cb.bars)); cb.bars = False
+            if isinstance(cb, MetricsCB):
+                self.silenced.append((cb, 'logger', cb.logger)); cb.logger = lambda record: None
 
-    def backward(self, learn): self.acc.backward(learn.loss)
+# %% ../nbs/15_distributed.ipynb #b3a09b0c
+@patch
+def backward(self:AccelerateCB, learn): self.acc.backward(learn.loss)
 
-    def after_batch(self, learn):
-        preds, targets = self.acc.gather_for_metrics((learn.preds.detach(), learn.batch[self.n_inp]))
-        loss = learn.loss_func(preds, targets) if self.acc.num_processes > 1 else learn.loss
-        learn.preds, learn.batch, learn.loss = preds, (None,) * self.n_inp + (targets,), loss.detach()
+# %% ../nbs/15_distributed.ipynb #84263de6
+@patch
+def after_batch(self:AccelerateCB, learn):
+    preds, targets = self.acc.gather_for_metrics((learn.preds.detach(), learn.batch[self.n_inp]))
+    loss = learn.loss_func(preds, targets) if self.acc.num_processes > 1 else learn.loss
+    learn.preds, learn.batch, learn.loss = preds, (None,) * self.n_inp + (targets,), loss.detach()
 
-    def cleanup_fit(self, learn):
-        for cb, attr, value in self.silenced: setattr(cb, attr, value)
-        if self.dls is None: return   # before_fit failed before preparing anything
-        learn.model = self.acc.unwrap_model(learn.model)
-        learn.dls.train, learn.dls.valid = self.dls
+# %% ../nbs/15_distributed.ipynb #63a41c40
+@patch
+def cleanup_fit(self:AccelerateCB, learn):
+    for cb, attr, value in self.silenced: setattr(cb, attr, value)
+    if self.dls is None: return   # before_fit failed before preparing anything
+    learn.model = self.acc.unwrap_model(learn.model)
+    learn.dls.train, learn.dls.valid = self.dls
 
-    def save(self,
-             learn:Learner, # the learner whose model to save
-             path, # file to write, atomically (lesson 14's `save_model`)
-            ):
-        ("Save the unwrapped model's `state_dict` to `path` from the main process only, "
-         "once every process has arrived here.")
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process: save_model(self.acc.unwrap_model(learn.model), path)
+# %% ../nbs/15_distributed.ipynb #1896cd1f
+@patch
+def save(self:AccelerateCB,
+         learn:Learner, # the learner whose model to save
+         path, # file to write, atomically (lesson 14's `save_model`)
+        ):
+    ("Save the unwrapped model's `state_dict` to `path` from the main process only, "
+     "once every process has arrived here.")
+    self.acc.wait_for_everyone()
+    if self.acc.is_main_process: save_model(self.acc.unwrap_model(learn.model), path)
 
 # %% ../nbs/15_distributed.ipynb #b47a79dc
 def _epoch(dls):

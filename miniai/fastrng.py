@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import numba
 from numba import njit, prange
+from fastcore.basics import patch
 from .rng import WichmannHill
 
 # %% ../nbs/01i_fast_random.ipynb #fc9b6fb3
@@ -96,22 +97,31 @@ class WichmannHillStreams:
         self._set_states([WichmannHill(s).state for s in stream_seeds(seed, streams)])
         return self
 
-    def rand(self, steps:int)->np.ndarray:
-        "The next `steps` numbers of every stream, as a float32 array of shape (steps, streams)."
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f'steps must be a whole number >= 0, got {steps!r}')
-        out = np.empty((steps, len(self.x)), dtype=np.float32)
-        if steps: _step_streams(self.x, self.y, self.z, out)
-        return out
+# %% ../nbs/01i_fast_random.ipynb #d5ecf334
+@patch
+def rand(self:WichmannHillStreams, steps:int)->np.ndarray:
+    "The next `steps` numbers of every stream, as a float32 array of shape (steps, streams)."
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f'steps must be a whole number >= 0, got {steps!r}')
+    out = np.empty((steps, len(self.x)), dtype=np.float32)
+    if steps: _step_streams(self.x, self.y, self.z, out)
+    return out
 
-    def rand_flat(self, n:int)->torch.Tensor:
-        "`n` numbers as a 1-D float32 tensor, like `torch.rand(n)`: step t of all streams, then step t+1, and so on."
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f'n must be a whole number >= 0, got {n!r}')
-        return torch.from_numpy(self.rand(-(-n // len(self))).reshape(-1)[:n])
+# %% ../nbs/01i_fast_random.ipynb #047939a0
+@patch
+def rand_flat(self:WichmannHillStreams, n:int)->torch.Tensor:
+    "`n` numbers as a 1-D float32 tensor, like `torch.rand(n)`: step t of all streams, then step t+1, and so on."
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f'n must be a whole number >= 0, got {n!r}')
+    return torch.from_numpy(self.rand(-(-n // len(self))).reshape(-1)[:n])
 
-    def __len__(self): return len(self.x)
-    def __repr__(self): return f'WichmannHillStreams({len(self)} streams)'
+# %% ../nbs/01i_fast_random.ipynb #d4f60b9f
+@patch
+def __len__(self:WichmannHillStreams): return len(self.x)
+
+# %% ../nbs/01i_fast_random.ipynb #50c9f543
+@patch
+def __repr__(self:WichmannHillStreams): return f'WichmannHillStreams({len(self)} streams)'
 
 # %% ../nbs/01i_fast_random.ipynb #97c27231
 def rand_wh(n:int, # how many numbers

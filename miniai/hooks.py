@@ -11,6 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 import matplotlib.pyplot as plt
+from fastcore.basics import patch
 from .learner import Callback
 
 # %% ../nbs/10_activations.ipynb #81d3076e
@@ -135,10 +136,13 @@ class ActivationStats(HooksCallback):
             ax.set_title(f'layer {i}'); ax.set_xlabel('batch')
         axs[0, 0].set_ylabel('|activation|')
         return fig
-    def dead_chart(self, figsize=(11, 2.5)):
-        "Each layer's share of near-zero activations, batch by batch."
-        fig, axs = plt.subplots(1, len(self), figsize=figsize, squeeze=False, sharey=True)
-        for i, (ax, d) in enumerate(zip(axs[0], self.dead_fraction())):
-            ax.plot(d); ax.set_ylim(0, 1.02); ax.set_title(f'layer {i}'); ax.set_xlabel('batch')
-        axs[0, 0].set_ylabel(f'share below {self.max_act / self.bins:g}')
-        return fig
+
+# %% ../nbs/10_activations.ipynb #82448dbd
+@patch
+def dead_chart(self:ActivationStats, figsize=(11, 2.5)):
+    "Each layer's share of near-zero activations, batch by batch."
+    fig, axs = plt.subplots(1, len(self), figsize=figsize, squeeze=False, sharey=True)
+    for i, (ax, d) in enumerate(zip(axs[0], self.dead_fraction())):
+        ax.plot(d); ax.set_ylim(0, 1.02); ax.set_title(f'layer {i}'); ax.set_xlabel('batch')
+    axs[0, 0].set_ylabel(f'share below {self.max_act / self.bins:g}')
+    return fig

@@ -8,6 +8,7 @@ __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam']
 # %% ../nbs/12_accel_sgd.ipynb #a2023195
 from collections.abc import Callable
 import torch
+from fastcore.basics import patch
 
 # %% ../nbs/12_accel_sgd.ipynb #8712591e
 def _check(name, value, ok, rule):
@@ -46,27 +47,31 @@ class SGD(torch.optim.Optimizer):
                 self.opt_step(p, grad, group, self.state[p])
         return loss
 
-    def reg_step(self,
-                 p:torch.Tensor, # the parameter: decoupled weight decay shrinks it in place
-                 grad:torch.Tensor, # its gradient (not changed)
-                 group:dict, # its parameter group: `lr`, `wd`, `decouple_wd`...
-                )->torch.Tensor:
-        ("Weight decay: shrink `p` by `lr * wd` of itself (decoupled), or return the gradient of L2 "
-         "regularisation, `grad + wd * p`.")
-        if group['wd'] == 0: return grad
-        if group['decouple_wd']:
-            p.mul_(1 - group['lr'] * group['wd'])
-            return grad
-        return grad + group['wd'] * p
+# %% ../nbs/12_accel_sgd.ipynb #7350fdcf
+@patch
+def reg_step(self:SGD,
+             p:torch.Tensor, # the parameter: decoupled weight decay shrinks it in place
+             grad:torch.Tensor, # its gradient (not changed)
+             group:dict, # its parameter group: `lr`, `wd`, `decouple_wd`...
+            )->torch.Tensor:
+    ("Weight decay: shrink `p` by `lr * wd` of itself (decoupled), or return the gradient of L2 "
+     "regularisation, `grad + wd * p`.")
+    if group['wd'] == 0: return grad
+    if group['decouple_wd']:
+        p.mul_(1 - group['lr'] * group['wd'])
+        return grad
+    return grad + group['wd'] * p
 
-    def opt_step(self,
-                 p:torch.Tensor, # the parameter, updated in place
-                 grad:torch.Tensor, # its gradient, after `reg_step`
-                 group:dict, # its parameter group: `lr` and the optimiser's other hyperparameters
-                 state:dict, # this parameter's running values (empty at its first step)
-                ):
-        "The update itself: `p -= lr * grad`; subclasses use `state`, this parameter's dict of running values."
-        p.sub_(grad, alpha=group['lr'])
+# %% ../nbs/12_accel_sgd.ipynb #83456ecf
+@patch
+def opt_step(self:SGD,
+             p:torch.Tensor, # the parameter, updated in place
+             grad:torch.Tensor, # its gradient, after `reg_step`
+             group:dict, # its parameter group: `lr` and the optimiser's other hyperparameters
+             state:dict, # this parameter's running values (empty at its first step)
+            ):
+    "The update itself: `p -= lr * grad`; subclasses use `state`, this parameter's dict of running values."
+    p.sub_(grad, alpha=group['lr'])
 
 # %% ../nbs/12_accel_sgd.ipynb #1e607ba5
 class Momentum(SGD):

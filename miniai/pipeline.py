@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from fastcore.script import call_parse, Param
+from fastcore.basics import patch
 from .download import atomic_write
 from .store import atomic_folder, file_lock, load_weights, models_dir, restore_folder, save_weights
 from .text import (SPECIAL_TOKENS, Tokenizer, FashionCaptions, check_prompts, split_words, pixel_measures,
@@ -116,100 +117,108 @@ class TextToImagePipeline:
         guided = GuidedDenoiser(self.denoiser, cond, uncond, guidance_scale)
         return (sampler or sample_dpmpp_2m)(guided, latents, sigmas, generator=generator)
 
-    def decode(self, latents:torch.Tensor)->torch.Tensor:
-        "Step 4: images in [0, 1] on the CPU: the latent scale undone, decoded by the VAE."
-        return (decode_latents(self.vae, latents, self.latent_scale) + 1) / 2
+# %% ../nbs/26_text_to_image.ipynb #ff2695ec
+@patch
+def decode(self:TextToImagePipeline, latents:torch.Tensor)->torch.Tensor:
+    "Step 4: images in [0, 1] on the CPU: the latent scale undone, decoded by the VAE."
+    return (decode_latents(self.vae, latents, self.latent_scale) + 1) / 2
 
-    @torch.no_grad()
-    def __call__(self,
-                 prompt, # a text or a list of texts; '' asks for no caption (the unconditional model)
-                 *,
-                 # noise levels the sampler visits (DPM-Solver++(2M): one guided U-Net call each)
-                 num_inference_steps:int=10,
-                 # classifier-free guidance: 1 is the conditional model alone (one pass), 0 ignores the prompt
-                 guidance_scale:float=2.,
-                 # source of the starting noise: the same seed gives the same images
-                 generator:torch.Generator|None=None,
-                 num_images_per_prompt:int=1, # images for each prompt, given together
-                 sampler=sample_dpmpp_2m, # a sampler with lesson 20's signature
-                 batch_size:int=500, # images sampled at once (bounds the memory)
-                 image_size:int=32, # side of the images, a multiple of the VAE's factor (the models learned 32)
-                )->torch.Tensor:
-        "Images [len(prompts) * num_images_per_prompt, 1, image_size, image_size] in [0, 1], by the four steps."
-        prompts = check_prompts(prompt, self.tokenizer)
-        steps = _check_whole('num_inference_steps', num_inference_steps)
-        per_prompt = _check_whole('num_images_per_prompt', num_images_per_prompt)
-        guidance_scale = _check_guidance(guidance_scale)
-        if (n := len(prompts) * per_prompt) > MAX_IMAGES:
-            raise ValueError(f'{n:,} images asked for, at most {MAX_IMAGES:,} images in one call: ask in several calls')
-        out = []
-        for i in range(0, n, batch_size):
-            batch = [prompts[j // per_prompt] for j in range(i, min(i + batch_size, n))]   # built a batch at a time
-            cond, uncond = self.encode_prompt(batch)
-            latents = self.prepare_latents(len(batch), generator, image_size)
-            out.append(self.decode(self.denoise(latents, cond, uncond, guidance_scale, steps, sampler, generator)))
-        images = torch.cat(out)
-        if not images.isfinite().all():
-            raise FloatingPointError(f'the images are not finite (NaN or infinite) with guidance_scale={guidance_scale:g} '
-                                     f'and latent_scale={self.latent_scale:g}: use a smaller guidance scale')
-        return images
+# %% ../nbs/26_text_to_image.ipynb #af5da5d7
+@patch
+@torch.no_grad()
+def __call__(self:TextToImagePipeline,
+             prompt, # a text or a list of texts; '' asks for no caption (the unconditional model)
+             *,
+             # noise levels the sampler visits (DPM-Solver++(2M): one guided U-Net call each)
+             num_inference_steps:int=10,
+             # classifier-free guidance: 1 is the conditional model alone (one pass), 0 ignores the prompt
+             guidance_scale:float=2.,
+             # source of the starting noise: the same seed gives the same images
+             generator:torch.Generator|None=None,
+             num_images_per_prompt:int=1, # images for each prompt, given together
+             sampler=sample_dpmpp_2m, # a sampler with lesson 20's signature
+             batch_size:int=500, # images sampled at once (bounds the memory)
+             image_size:int=32, # side of the images, a multiple of the VAE's factor (the models learned 32)
+            )->torch.Tensor:
+    "Images [len(prompts) * num_images_per_prompt, 1, image_size, image_size] in [0, 1], by the four steps."
+    prompts = check_prompts(prompt, self.tokenizer)
+    steps = _check_whole('num_inference_steps', num_inference_steps)
+    per_prompt = _check_whole('num_images_per_prompt', num_images_per_prompt)
+    guidance_scale = _check_guidance(guidance_scale)
+    if (n := len(prompts) * per_prompt) > MAX_IMAGES:
+        raise ValueError(f'{n:,} images asked for, at most {MAX_IMAGES:,} images in one call: ask in several calls')
+    out = []
+    for i in range(0, n, batch_size):
+        batch = [prompts[j // per_prompt] for j in range(i, min(i + batch_size, n))]   # built a batch at a time
+        cond, uncond = self.encode_prompt(batch)
+        latents = self.prepare_latents(len(batch), generator, image_size)
+        out.append(self.decode(self.denoise(latents, cond, uncond, guidance_scale, steps, sampler, generator)))
+    images = torch.cat(out)
+    if not images.isfinite().all():
+        raise FloatingPointError(f'the images are not finite (NaN or infinite) with guidance_scale={guidance_scale:g} '
+                                 f'and latent_scale={self.latent_scale:g}: use a smaller guidance scale')
+    return images
 
-    def save_pretrained(self, folder:str|Path)->Path:
-        ("Write the pipeline to `folder` whole: weights with `save_weights` and `model_index.json`, "
-         "in a new folder that replaces the old one only when complete.")
-        folder = Path(folder)
-        if folder.is_dir() and not _pipeline_folder(folder):
-            raise FileExistsError(f'{folder.name} holds other files than a pipeline: not a pipeline folder; '
-                                  'save into a new or empty folder')
-        index = dict(format=PIPELINE_FORMAT,
-                     vae=self.vae.config,
-                     clip=self.clip.config, unet=self.denoiser.model.config,
-                     tokenizer=dict(vocab=self.tokenizer.itos, max_len=self.tokenizer.max_len),
-                     sigma_data=self.denoiser.sigma_data, latent_scale=self.latent_scale, record=self.record)
-        try: text = json.dumps(index, indent=1, allow_nan=False)   # before anything is written
-        except (TypeError, ValueError) as e:
-            raise TypeError(f'the pipeline\'s record can\'t be saved as JSON ({e}): '
-                            'keep numbers, strings, lists and dicts in it') from e
-        with atomic_folder(folder) as new:
-            for name, model in (('vae', self.vae), ('clip', self.clip), ('unet', self.denoiser.model)):
-                save_weights(model, new/PIPELINE_FILES[name])
-            (new/'model_index.json').write_text(text)
-        return folder
+# %% ../nbs/26_text_to_image.ipynb #3d0f013c
+@patch
+def save_pretrained(self:TextToImagePipeline, folder:str|Path)->Path:
+    ("Write the pipeline to `folder` whole: weights with `save_weights` and `model_index.json`, "
+     "in a new folder that replaces the old one only when complete.")
+    folder = Path(folder)
+    if folder.is_dir() and not _pipeline_folder(folder):
+        raise FileExistsError(f'{folder.name} holds other files than a pipeline: not a pipeline folder; '
+                              'save into a new or empty folder')
+    index = dict(format=PIPELINE_FORMAT,
+                 vae=self.vae.config,
+                 clip=self.clip.config, unet=self.denoiser.model.config,
+                 tokenizer=dict(vocab=self.tokenizer.itos, max_len=self.tokenizer.max_len),
+                 sigma_data=self.denoiser.sigma_data, latent_scale=self.latent_scale, record=self.record)
+    try: text = json.dumps(index, indent=1, allow_nan=False)   # before anything is written
+    except (TypeError, ValueError) as e:
+        raise TypeError(f'the pipeline\'s record can\'t be saved as JSON ({e}): '
+                        'keep numbers, strings, lists and dicts in it') from e
+    with atomic_folder(folder) as new:
+        for name, model in (('vae', self.vae), ('clip', self.clip), ('unet', self.denoiser.model)):
+            save_weights(model, new/PIPELINE_FILES[name])
+        (new/'model_index.json').write_text(text)
+    return folder
 
-    @classmethod
-    def from_pretrained(cls, folder:str|Path)->'TextToImagePipeline':
-        ("The pipeline saved in `folder` by `save_pretrained`: each model rebuilt from `model_index.json`, "
-         "then its weights loaded; clear errors for anything missing or corrupt.")
-        folder = Path(folder)
-        with file_lock(folder):   # no save swaps the folder while we read it
-            restore_folder(folder)
-            return cls._load(folder)
+# %% ../nbs/26_text_to_image.ipynb #dcb6d8e9
+@patch(cls_method=True)
+def from_pretrained(cls:TextToImagePipeline, folder:str|Path)->'TextToImagePipeline':
+    ("The pipeline saved in `folder` by `save_pretrained`: each model rebuilt from `model_index.json`, "
+     "then its weights loaded; clear errors for anything missing or corrupt.")
+    folder = Path(folder)
+    with file_lock(folder):   # no save swaps the folder while we read it
+        restore_folder(folder)
+        return cls._load(folder)
 
-    @classmethod
-    def _load(cls, folder:Path)->'TextToImagePipeline':
-        "`from_pretrained`'s reading, once the folder is locked."
-        index_path = folder/'model_index.json'
-        if not index_path.is_file():
-            raise FileNotFoundError(f'no model_index.json in {folder.name or "."}: not a pipeline folder; '
-                                    'save one with save_pretrained, or build it with trained_pipeline()')
-        try: index = json.loads(index_path.read_text())
-        except ValueError as e:
-            raise ValueError(f'model_index.json in {folder.name} is not valid JSON ({e}): '
-                             'save the pipeline again') from e
-        keys = {'format', 'vae', 'clip', 'unet', 'tokenizer', 'sigma_data', 'latent_scale'}
-        if not isinstance(index, dict) or index.get('format') != PIPELINE_FORMAT or not keys <= set(index):
-            raise ValueError(f'model_index.json in {folder.name} was not written by save_pretrained '
-                             f'(it needs {", ".join(sorted(keys))}): save the pipeline again')
-        again = ': save the pipeline again'
-        vae = load_weights(VAE(**index['vae']), folder/PIPELINE_FILES['vae'], again)
-        clip = load_weights(CLIPModel(**index['clip']), folder/PIPELINE_FILES['clip'], again)
-        unet = load_weights(CondUNet(**index['unet']), folder/PIPELINE_FILES['unet'], again)
-        tokenizer = Tokenizer(index['tokenizer']['vocab'], index['tokenizer']['max_len'])
-        if len(tokenizer) != clip.config['vocab_size']:
-            raise ValueError(f"model_index.json: {len(tokenizer)} tokens "
-                             f"but a text encoder for {clip.config['vocab_size']}: save the pipeline again")
-        return cls(vae, clip, tokenizer, CondKarrasDenoiser(unet, index['sigma_data']), index['latent_scale'],
-                   index.get('record'))
+# %% ../nbs/26_text_to_image.ipynb #1327b014
+@patch(cls_method=True)
+def _load(cls:TextToImagePipeline, folder:Path)->'TextToImagePipeline':
+    "`from_pretrained`'s reading, once the folder is locked."
+    index_path = folder/'model_index.json'
+    if not index_path.is_file():
+        raise FileNotFoundError(f'no model_index.json in {folder.name or "."}: not a pipeline folder; '
+                                'save one with save_pretrained, or build it with trained_pipeline()')
+    try: index = json.loads(index_path.read_text())
+    except ValueError as e:
+        raise ValueError(f'model_index.json in {folder.name} is not valid JSON ({e}): '
+                         'save the pipeline again') from e
+    keys = {'format', 'vae', 'clip', 'unet', 'tokenizer', 'sigma_data', 'latent_scale'}
+    if not isinstance(index, dict) or index.get('format') != PIPELINE_FORMAT or not keys <= set(index):
+        raise ValueError(f'model_index.json in {folder.name} was not written by save_pretrained '
+                         f'(it needs {", ".join(sorted(keys))}): save the pipeline again')
+    again = ': save the pipeline again'
+    vae = load_weights(VAE(**index['vae']), folder/PIPELINE_FILES['vae'], again)
+    clip = load_weights(CLIPModel(**index['clip']), folder/PIPELINE_FILES['clip'], again)
+    unet = load_weights(CondUNet(**index['unet']), folder/PIPELINE_FILES['unet'], again)
+    tokenizer = Tokenizer(index['tokenizer']['vocab'], index['tokenizer']['max_len'])
+    if len(tokenizer) != clip.config['vocab_size']:
+        raise ValueError(f"model_index.json: {len(tokenizer)} tokens "
+                         f"but a text encoder for {clip.config['vocab_size']}: save the pipeline again")
+    return cls(vae, clip, tokenizer, CondKarrasDenoiser(unet, index['sigma_data']), index['latent_scale'],
+               index.get('record'))
 
 # %% ../nbs/26_text_to_image.ipynb #f3ef0317
 def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: `models_dir()/'text_to_image'`)

@@ -12,6 +12,7 @@ __all__ = ['CLASS_NOUNS', 'PLURAL_NOUNS', 'ATTRIBUTE_WORDS', 'TEMPLATES', 'ATTRI
 import numbers, operator, re
 from functools import lru_cache
 import torch
+from fastcore.basics import patch
 from .fashion import FASHION_CLASSES
 
 # %% ../nbs/22_captions.ipynb #c2200007
@@ -315,18 +316,21 @@ class Tokenizer:
         ids = torch.tensor([r + [self.pad_id] * (self.max_len - len(r)) for r in rows],
                            dtype=torch.long).view(len(rows), self.max_len)
         return ids, ids != self.pad_id
-    def decode(self, ids)->str|list:
-        ("The text of `ids`: its words up to `<eos>`, without `<bos>` and `<pad>`; "
-         "a batch `[n, L]` gives a list of texts.")
-        if torch.is_tensor(ids) and ids.ndim == 2: return [self.decode(row) for row in ids]
-        ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
-        if bad := [i for i in ids if not 0 <= i < len(self)]:
-            raise ValueError(f'id {bad[0]} is not in the vocabulary: ids run from 0 to {len(self) - 1}')
-        words = []
-        for i in ids:
-            if i == self.eos_id: break
-            if i not in (self.bos_id, self.pad_id): words.append(self.itos[i])
-        return ' '.join(words)
+
+# %% ../nbs/22_captions.ipynb #28e413a5
+@patch
+def decode(self:Tokenizer, ids)->str|list:
+    ("The text of `ids`: its words up to `<eos>`, without `<bos>` and `<pad>`; "
+     "a batch `[n, L]` gives a list of texts.")
+    if torch.is_tensor(ids) and ids.ndim == 2: return [self.decode(row) for row in ids]
+    ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
+    if bad := [i for i in ids if not 0 <= i < len(self)]:
+        raise ValueError(f'id {bad[0]} is not in the vocabulary: ids run from 0 to {len(self) - 1}')
+    words = []
+    for i in ids:
+        if i == self.eos_id: break
+        if i not in (self.bos_id, self.pad_id): words.append(self.itos[i])
+    return ' '.join(words)
 
 # %% ../nbs/22_captions.ipynb #667dc176
 def caption_tokenizer(max_len:int=16, # length of every encoded caption, `<bos>` and `<eos>` included

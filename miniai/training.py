@@ -13,6 +13,7 @@ import multiprocessing, multiprocessing.connection
 import numpy as np
 import torch
 from torch.utils.data import DataLoader as TorchDataLoader
+from fastcore.basics import patch
 from .iterators import ichunks
 
 # %% ../nbs/04_minibatch_training.ipynb #b9e8d6cf
@@ -211,39 +212,42 @@ class DataLoader:
         # a new one each epoch, drawn as torch does
         base_seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
         return self._worker_batches(base_seed)
-    def _worker_batches(self, base_seed):
-        "Yield the batches in order, fetched by `n_workers` processes (two batches in flight per worker)."
-        ctx = multiprocessing.get_context('fork' if hasattr(os, 'fork') else 'spawn')
-        tasks, conns, workers = [ctx.Queue() for _ in range(self.n_workers)], [], []
-        for w in range(self.n_workers):
-            conn, child_conn = ctx.Pipe(duplex=False)   # one pipe per worker: its end closes when the worker dies
-            p = ctx.Process(target=_worker_loop, daemon=True,
-                            args=(self.ds, self.collate_fn, tasks[w], child_conn, w, base_seed, os.getpid()))
-            # keep no copy of the writing end here, so a dead worker's pipe reads as closed
-            p.start(); child_conn.close()
-            conns.append(conn); workers.append(p)
-        todo, done, in_flight, next_i = enumerate(self.batch_sampler), {}, 0, 0
-        def send():
-            nonlocal in_flight
-            if (task := next(todo, None)) is not None: tasks[task[0] % self.n_workers].put(task); in_flight += 1
-        try:
-            for _ in range(2 * self.n_workers): send()
-            while in_flight:
-                while next_i not in done:
-                    i, ok, data = _next_result(conns, workers, self.timeout)
-                    done[i] = ok, data
-                ok, data = done.pop(next_i)
-                in_flight, next_i = in_flight - 1, next_i + 1
-                if not ok: _reraise(data)
-                send()
-                yield pickle.loads(data)
-        finally:
-            for q in tasks: q.put(None)
-            for p in workers: p.join(timeout=2)
-            for p in workers:
-                if p.is_alive(): p.kill(); p.join()
-            for q in tasks: q.cancel_join_thread(); q.close()
-            for conn in conns: conn.close()
+
+# %% ../nbs/04_minibatch_training.ipynb #5c3e3f0c
+@patch
+def _worker_batches(self:DataLoader, base_seed):
+    "Yield the batches in order, fetched by `n_workers` processes (two batches in flight per worker)."
+    ctx = multiprocessing.get_context('fork' if hasattr(os, 'fork') else 'spawn')
+    tasks, conns, workers = [ctx.Queue() for _ in range(self.n_workers)], [], []
+    for w in range(self.n_workers):
+        conn, child_conn = ctx.Pipe(duplex=False)   # one pipe per worker: its end closes when the worker dies
+        p = ctx.Process(target=_worker_loop, daemon=True,
+                        args=(self.ds, self.collate_fn, tasks[w], child_conn, w, base_seed, os.getpid()))
+        # keep no copy of the writing end here, so a dead worker's pipe reads as closed
+        p.start(); child_conn.close()
+        conns.append(conn); workers.append(p)
+    todo, done, in_flight, next_i = enumerate(self.batch_sampler), {}, 0, 0
+    def send():
+        nonlocal in_flight
+        if (task := next(todo, None)) is not None: tasks[task[0] % self.n_workers].put(task); in_flight += 1
+    try:
+        for _ in range(2 * self.n_workers): send()
+        while in_flight:
+            while next_i not in done:
+                i, ok, data = _next_result(conns, workers, self.timeout)
+                done[i] = ok, data
+            ok, data = done.pop(next_i)
+            in_flight, next_i = in_flight - 1, next_i + 1
+            if not ok: _reraise(data)
+            send()
+            yield pickle.loads(data)
+    finally:
+        for q in tasks: q.put(None)
+        for p in workers: p.join(timeout=2)
+        for p in workers:
+            if p.is_alive(): p.kill(); p.join()
+        for q in tasks: q.cancel_join_thread(); q.close()
+        for conn in conns: conn.close()
 
 # %% ../nbs/04_minibatch_training.ipynb #bf04ad6f
 def _next_result(conns, workers, timeout):

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% ../nbs/16_unet.ipynb #09cc2083
 def timestep_embedding(t:torch.Tensor, # times or noise levels [batch], integers or fractions
@@ -123,20 +124,22 @@ class UNet(nn.Module):
                                  for i, nf in enumerate(rev))
         self.conv_out = norm_act_conv(nfs[0], out_ch)
 
-    def forward(self, x, t):
-        m = 2 ** (len(self.downs) - 1)
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
-                             f'got {tuple(x.shape[-2:])}')
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0: t = t.expand(len(x))
-        if t.shape not in ((len(x),), (1,)):
-            raise ValueError(f't must hold one number per image ({len(x)}) or one for all, '
-                             f'got shape {tuple(t.shape)}')
-        emb = self.emb_mlp(timestep_embedding(t, self.n_temb))
-        x = self.conv_in(x)
-        saved = [x]
-        for d in self.downs: x = d(x, emb, saved)
-        x = self.mid(x, emb)
-        for u in self.ups: x = u(x, emb, saved)
-        return self.conv_out(x)
+# %% ../nbs/16_unet.ipynb #22c45532
+@patch
+def forward(self:UNet, x, t):
+    m = 2 ** (len(self.downs) - 1)
+    if x.shape[-2] % m or x.shape[-1] % m:
+        raise ValueError(f'height and width must be multiples of {m} for {len(self.downs)} levels, '
+                         f'got {tuple(x.shape[-2:])}')
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim == 0: t = t.expand(len(x))
+    if t.shape not in ((len(x),), (1,)):
+        raise ValueError(f't must hold one number per image ({len(x)}) or one for all, '
+                         f'got shape {tuple(t.shape)}')
+    emb = self.emb_mlp(timestep_embedding(t, self.n_temb))
+    x = self.conv_in(x)
+    saved = [x]
+    for d in self.downs: x = d(x, emb, saved)
+    x = self.mid(x, emb)
+    for u in self.ups: x = u(x, emb, saved)
+    return self.conv_out(x)

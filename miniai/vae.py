@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .learner import Callback, DeviceCB, Learner, TrainCB
 from .accel import ChannelsLastCB
 from .sched import OneCycleCB
@@ -96,25 +97,31 @@ class VAE(nn.Module):
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30., 20.)
 
-    def decode(self, z:torch.Tensor)->torch.Tensor:
-        "Images (raw decoder output, not clamped) from latents `z` `[batch, n_latent, h, w]`."
-        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.n_latent:
-            raise ValueError(f'expected latents [batch, {self.n_latent} channels, height, width], '
-                             f'got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}')
-        return self.decoder(z)
+# %% ../nbs/21_vae.ipynb #d63c24f6
+@patch
+def decode(self:VAE, z:torch.Tensor)->torch.Tensor:
+    "Images (raw decoder output, not clamped) from latents `z` `[batch, n_latent, h, w]`."
+    if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.n_latent:
+        raise ValueError(f'expected latents [batch, {self.n_latent} channels, height, width], '
+                         f'got {tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}')
+    return self.decoder(z)
 
-    def forward(self, x):
-        mean, logvar = self.encode(x)
-        return self.decode(reparameterize(mean, logvar)), mean, logvar
+# %% ../nbs/21_vae.ipynb #b6b610eb
+@patch
+def forward(self:VAE, x):
+    mean, logvar = self.encode(x)
+    return self.decode(reparameterize(mean, logvar)), mean, logvar
 
-    @torch.no_grad()
-    def reconstruct(self,
-                    x:torch.Tensor, # images [n, in_ch, height, width], on any device
-                    batch_size:int=500, # images per pass
-                   )->torch.Tensor:
-        "Deterministic reconstructions of `x` on the CPU: the latent means decoded and clamped to [-1, 1], in batches."
-        device = next(self.parameters()).device
-        return torch.cat([self.decode(self.encode(b.to(device))[0]).clamp(-1, 1).cpu() for b in x.split(batch_size)])
+# %% ../nbs/21_vae.ipynb #ee414bce
+@patch
+@torch.no_grad()
+def reconstruct(self:VAE,
+                x:torch.Tensor, # images [n, in_ch, height, width], on any device
+                batch_size:int=500, # images per pass
+               )->torch.Tensor:
+    "Deterministic reconstructions of `x` on the CPU: the latent means decoded and clamped to [-1, 1], in batches."
+    device = next(self.parameters()).device
+    return torch.cat([self.decode(self.encode(b.to(device))[0]).clamp(-1, 1).cpu() for b in x.split(batch_size)])
 
 # %% ../nbs/21_vae.ipynb #7895e2a3
 def vae_loss(preds:tuple, # `(recon, mean, logvar)`, what `VAE.forward` returns
