@@ -209,11 +209,21 @@ def _load(cls:TextToImagePipeline, folder:Path)->'TextToImagePipeline':
     if not isinstance(index, dict) or index.get('format') != PIPELINE_FORMAT or not keys <= set(index):
         raise ValueError(f'model_index.json in {folder.name} was not written by save_pretrained '
                          f'(it needs {", ".join(sorted(keys))}): save the pipeline again')
-    again = ': save the pipeline again'
-    vae = load_weights(VAE(**index['vae']), folder/PIPELINE_FILES['vae'], again)
-    clip = load_weights(CLIPModel(**index['clip']), folder/PIPELINE_FILES['clip'], again)
-    unet = load_weights(CondUNet(**index['unet']), folder/PIPELINE_FILES['unet'], again)
-    tokenizer = Tokenizer(index['tokenizer']['vocab'], index['tokenizer']['max_len'])
+    again = f'model_index.json in {folder.name}: '
+    if bad := [k for k in ('vae', 'clip', 'unet', 'tokenizer') if not isinstance(index[k], dict)] + [
+            k for k in ('sigma_data', 'latent_scale') if isinstance(index[k], bool) or not isinstance(index[k], numbers.Real)]:
+        raise ValueError(again + f'{", ".join(bad)} of the wrong kind (configurations are dicts, scales numbers): '
+                         'save the pipeline again')
+    def build(model_cls, key):
+        try: return model_cls(**index[key])
+        except (TypeError, ValueError) as e:
+            raise ValueError(again + f'its {key} configuration builds no {model_cls.__name__} ({e}): '
+                             'save the pipeline again') from e
+    vae, clip, unet = (load_weights(build(c, k), folder/PIPELINE_FILES[k], ': save the pipeline again')
+                       for c, k in ((VAE, 'vae'), (CLIPModel, 'clip'), (CondUNet, 'unet')))
+    try: tokenizer = Tokenizer(index['tokenizer']['vocab'], index['tokenizer']['max_len'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(again + f'its tokenizer is not a vocabulary and a length ({e}): save the pipeline again') from e
     if len(tokenizer) != clip.config['vocab_size']:
         raise ValueError(f"model_index.json: {len(tokenizer)} tokens "
                          f"but a text encoder for {clip.config['vocab_size']}: save the pipeline again")

@@ -305,7 +305,9 @@ def load_or_train(folder:str|Path, # the model's folder (`save_trained`'s), name
         restore_folder(folder)
         if (folder/CONFIG_FILE).is_file():
             meta = read_config(folder, redo)
-            if diffs := _differences(meta['config'], config) + _differences(meta['record'], expect):
+            # the whole configuration a model built now would have (defaults too), but what only training sets
+            full = {k: v for k, v in (getattr(build(**config), 'config', None) or {}).items() if v is not None} | config
+            if diffs := _differences(meta['config'], full) + _differences(meta['record'], expect):
                 raise ValueError(f'{folder.name} holds {what} of other settings: ' + '; '.join(diffs) + redo)
             model, record = load_trained(folder, build, redo)
             if verbose: print(f'{what}, loaded from {folder.name}')

@@ -271,11 +271,13 @@ def test_trained_clip_loads_and_checks_vocab(tok, tmp_path, monkeypatch):
     "trained_clip loads a saved model from models_dir() without training, and refuses one saved with another vocabulary."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     from miniai.store import models_dir
-    m = small_model(tok)
+    m = CLIPModel(len(tok), tok.max_len)
     settings = dict(epochs=7, batch_size=32, p_omit=0.5)
     save_clip(m, tok, models_dir()/'clip_fashion_e7_b32_omit0.5', settings)
     loaded, tk, rec = trained_clip(epochs=7, batch_size=32, verbose=False)
     assert rec['epochs'] == 7 and tk.itos == tok.itos and loaded.config == m.config
+    save_clip(small_model(tok), tok, models_dir()/'clip_fashion_e9_b32_omit0.5', {**settings, 'epochs': 9})
+    with pytest.raises(ValueError, match='d_emb is 16 there, not 128'): trained_clip(epochs=9, batch_size=32, verbose=False)
     swapped = tok.itos[:4] + [tok.itos[5], tok.itos[4]] + tok.itos[6:]   # two words' ids exchanged
     save_clip(m, Tokenizer(swapped[4:], tok.max_len), models_dir()/'clip_fashion_e8_b32_omit0.5', {**settings, 'epochs': 8})
     with pytest.raises(ValueError, match='vocab is .* there, not'): trained_clip(epochs=8, batch_size=32, verbose=False)

@@ -420,3 +420,22 @@ def test_image_size_follows_the_argument(pipe):
     assert pipe('a bag', num_inference_steps=2, generator=g(0), image_size=16).shape == (1, 1, 16, 16)
     with pytest.raises(ValueError, match='image_size must be a multiple of 4'):
         pipe('a bag', num_inference_steps=2, image_size=18)
+
+@pytest.mark.parametrize('key, value, msg', [('vae', [1, 2], 'vae of the wrong kind'), ('sigma_data', 'big', 'sigma_data of the wrong kind'),
+    ('latent_scale', True, 'latent_scale of the wrong kind'), ('unet', {'nfs': 'abc'}, 'unet configuration builds no CondUNet'),
+    ('tokenizer', {'vocab': 5}, 'tokenizer is not a vocabulary'), ('clip', {'colour': 1}, 'clip configuration builds no CLIPModel')])
+def test_model_index_of_wrong_kinds_is_named(saved, key, value, msg):
+    "Wrong types in model_index.json used to end in a raw TypeError or KeyError without the file's name."
+    index = json.loads((saved/'model_index.json').read_text()); index[key] = value
+    (saved/'model_index.json').write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f'model_index.json in p: .*{msg}'): TextToImagePipeline.from_pretrained(saved)
+
+def test_a_saved_model_of_other_default_settings_is_refused(tmp_path):
+    "A config.json whose n_heads was edited (same weight shapes) used to load silently; the whole configuration is compared."
+    from miniai.store import load_or_train, CONFIG_FILE
+    from miniai.clip import CLIPModel
+    kw = dict(vocab_size=10, max_len=6, d_emb=8, nfs=(4, 8), d_model=8, n_layers=1)
+    load_or_train(tmp_path/'c', CLIPModel, kw, lambda m: {}, 'clip', verbose=False)
+    meta = json.loads((tmp_path/'c'/CONFIG_FILE).read_text()); meta['config']['n_heads'] = 2
+    (tmp_path/'c'/CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='n_heads is 2 there, not 4'): load_or_train(tmp_path/'c', CLIPModel, kw, lambda m: {}, 'clip', verbose=False)
