@@ -23,8 +23,8 @@ from .datasets import DataLoaders
 from .training import check_batch_size
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
-from .karras import (KarrasDenoiser, LossLogCB, noisify_karras, sample_euler, sigmas_karras, _per_image,
-                           karras_scalings)
+from .karras import KarrasDenoiser, LossLogCB, noisify_karras, _per_image, karras_scalings
+from .samplers import sample_euler, sigmas_karras
 from .text import FashionCaptions, Tokenizer, check_prompts
 from .vae import VAE
 

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PIPELINE_FORMAT', 'PIPELINE_FILES', 'MAX_IMAGES', 'GRID_DPI', 'GRID_TITLE_INCHES', 'GRID_MIN_COLUMNS',
-           'GRID_MAX_PROMPTS', 'GRID_MAX_IMAGES', 'MAX_STEPS', 'TRAIN_HINT', 'sample_dpmpp_2m', 'TextToImagePipeline',
-           'trained_pipeline', 'generated_measures', 'decoded_thresholds', 'image_grid', 'generate_cli']
+           'GRID_MAX_PROMPTS', 'GRID_MAX_IMAGES', 'MAX_STEPS', 'TRAIN_HINT', 'TextToImagePipeline', 'trained_pipeline',
+           'generated_measures', 'decoded_thresholds', 'image_grid', 'generate_cli']
 
 # %% ../nbs/26_text_to_image.ipynb #78477147
 import io, json, math, numbers, sys
@@ -22,31 +22,7 @@ from .vae import VAE
 from .clip import CLIPModel
 from .cond_unet import (CondUNet, CondKarrasDenoiser, GuidedDenoiser, decode_latents, encode_latents,
                               noise_latents, text_condition)
-from .karras import sigmas_karras
-
-# %% ../nbs/26_text_to_image.ipynb #c288eea6
-@torch.no_grad()
-def sample_dpmpp_2m(denoiser, # `denoiser(x, sigma)`: the clean images it estimates from `x` at noise level `sigma`
-                    x:torch.Tensor, # the starting noise: `sigmas[0]` times a standard normal
-                    sigmas:torch.Tensor, # decreasing noise levels ending in 0, e.g. `sigmas_karras`
-                    # unused (the sampler is deterministic); lesson 20's common signature
-                    generator:torch.Generator|None=None,
-                   )->torch.Tensor:
-    ("DPM-Solver++(2M): lesson 20's Euler step with the denoised estimate extrapolated to the middle of the step "
-     "(in log sigma) from the last two; one call per noise level.")
-    prev = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d = denoiser(x, s)
-        if s_next == 0: return d   # the step to 0 lands on the estimate, as Euler's does
-        if prev is None: d_mid = d   # the first step: Euler's
-        else:
-            # the last step's length over this one's, in log sigma
-            r = torch.log(sigmas[i - 1] / s) / torch.log(s / s_next)
-            d_mid = d + (d - prev) / (2 * r)
-        x = (s_next / s) * x + (1 - s_next / s) * d_mid
-        prev = d
-    return x
+from .samplers import sample_dpmpp_2m, sigmas_karras
 
 # %% ../nbs/26_text_to_image.ipynb #f7cda067
 PIPELINE_FORMAT = 'miniai text-to-image pipeline, version 1'  # what `model_index.json` says it is

@@ -13,8 +13,12 @@ pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 diffusers = pytest.importorskip('diffusers')
 from miniai.ddpm import linear_betas, abar_from_betas, ddpm_sample
 from miniai.samplers import ddim_timesteps, ddim_step, ddim_sample
-from miniai.karras import sigmas_karras, sample_euler, sample_heun, sample_euler_ancestral, VPDenoiser
-from miniai.pipeline import sample_dpmpp_2m
+from miniai.karras import VPDenoiser
+from miniai.samplers import sample_euler_ancestral
+from miniai.samplers import sample_heun
+from miniai.samplers import sample_euler
+from miniai.samplers import sigmas_karras
+from miniai.samplers import sample_dpmpp_2m
 
 T = 1000
 BETAS = linear_betas(T)   # lesson 17's schedule; diffusers gets the same betas (`trained_betas`)

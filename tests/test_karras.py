@@ -4,8 +4,8 @@ import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from miniai.unet import UNet
-from miniai.karras import (karras_scalings, noisify_karras, KarrasDenoiser, train_karras, sigmas_karras, sample_euler, sample_heun,
-                           CountCalls, ancestral_step, sample_euler_ancestral, karras_sample, VPDenoiser)
+from miniai.karras import (karras_scalings, noisify_karras, KarrasDenoiser, train_karras, CountCalls, karras_sample, VPDenoiser)
+from miniai.samplers import sigmas_karras, sample_euler, sample_heun, ancestral_step, sample_euler_ancestral
 
 pos_floats = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
 

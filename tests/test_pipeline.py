@@ -11,8 +11,9 @@ from miniai.text import caption_tokenizer, caption_vocab, pixel_measures
 from miniai.vae import VAE
 import miniai.pipeline as pl
 from miniai.pipeline import (TextToImagePipeline, check_prompts, save_weights, load_weights, trained_pipeline, generated_measures,
-                             decoded_thresholds, sample_dpmpp_2m, PIPELINE_FILES, generate_cli, image_grid, GRID_DPI)
-from miniai.karras import sample_euler, sigmas_karras
+                             decoded_thresholds, PIPELINE_FILES, generate_cli, image_grid, GRID_DPI)
+from miniai.samplers import sample_dpmpp_2m, sample_euler
+from miniai.samplers import sigmas_karras
 
 D = 16   # token width of the small test models
 
