@@ -81,25 +81,29 @@ def test_a_lesson_saving_while_another_trains_keeps_its_model(data_dir):
     loaded, _ = ddpm.trained_ddpm(verbose=False)
     for (k, a), b in zip(mine.state_dict().items(), loaded.state_dict().values()): assert torch.equal(a, b), k
 
-def _save_forever(path):
+def _save_forever(save, target):
+    "Save a UNet with `save(model, target)` over and over, in a forked child, until killed."
     torch.set_num_threads(1)
     torch.manual_seed(1)
     model = UNet()
-    while True: save_model(model, path)
+    while True: save(model, target)
+
+def _kill_while_saving(save, load, target, times=8):
+    "Fault injection: kill -9 a process saving to `target` over and over, at random moments; `load` must succeed each time."
+    rng = random.Random(0)
+    for _ in range(times):
+        child = fork.Process(target=_save_forever, args=(save, target)); child.start()
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(child.pid, signal.SIGKILL); child.join()
+        load(target)
+    save(UNet(), target)
 
 def test_kill_9_during_save_model_never_loses_the_model(tmp_path):
     "Fault injection: a process saving a model over and over is killed at random moments; a complete copy always loads."
-    import os, random, signal
     from miniai.store import load_model
     torch.manual_seed(0)
     path = save_model(UNet(), tmp_path/'model.pt')
-    rng = random.Random(0)
-    for _ in range(8):
-        child = fork.Process(target=_save_forever, args=(path,)); child.start()
-        time.sleep(rng.uniform(0.05, 0.5))
-        os.kill(child.pid, signal.SIGKILL); child.join()
-        load_model(UNet(), path)
-    save_model(UNet(), path)
+    _kill_while_saving(save_model, lambda p: load_model(UNet(), p), path)
     assert [p.name for p in tmp_path.iterdir()] == ['model.pt']   # the next save removed what the killed ones left
 
 def _small(width=4): return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.BatchNorm1d(width))
@@ -179,23 +183,11 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path):
         load_or_train(tmp_path/'m', _small, {}, _train_small, 'm', verbose=False)
     assert (tmp_path/'m'/'notes.txt').read_text() == 'keep me'
 
-def _save_trained_forever(folder):
-    torch.set_num_threads(1)
-    torch.manual_seed(1)
-    model = UNet()
-    while True: save_trained(model, folder, dict(epochs=1))
-
 def test_kill_9_during_save_trained_never_loses_the_model(tmp_path):
     "Fault injection: a process saving a model folder over and over is killed at random moments; a complete copy always loads."
     torch.manual_seed(0)
     folder = save_trained(UNet(), tmp_path/'model')
-    rng = random.Random(0)
-    for _ in range(8):
-        child = fork.Process(target=_save_trained_forever, args=(folder,)); child.start()
-        time.sleep(rng.uniform(0.05, 0.5))
-        os.kill(child.pid, signal.SIGKILL); child.join()
-        load_trained(folder, UNet)
-    save_trained(UNet(), folder)
+    _kill_while_saving(lambda m, f: save_trained(m, f, dict(epochs=1)), lambda f: load_trained(f, UNet), folder)
     assert [p.name for p in tmp_path.iterdir()] == ['model']   # the next save removed what the killed ones left
 
 def test_load_state_names_a_value_that_is_not_a_tensor():
