@@ -24,6 +24,7 @@ from .training import check_batch_size
 from .unet import UNet, timestep_embedding
 from .attention import CrossAttention2d
 from .karras import KarrasDenoiser, LossLogCB, noisify_karras, _per_image, karras_scalings
+from .device import model_device, randn_tensor
 from .samplers import sample_euler, sigmas_karras
 from .text import FashionCaptions, Tokenizer, check_prompts
 from .vae import VAE
@@ -278,7 +279,7 @@ def noise_latents(vae:VAE, # the VAE whose latents to start from: their channels
         raise ValueError(f'image_size must be a multiple of {vae.factor} (the VAE halves it {len(vae.nfs) - 1} times), '
                          f'got {image_size}')
     size = image_size // vae.factor
-    return sigma_max * torch.randn((n, vae.n_latent, size, size), generator=generator).to(device)
+    return sigma_max * randn_tensor((n, vae.n_latent, size, size), generator, device)
 
 def decode_latents(vae:VAE, # the VAE that made the latents
                    z:torch.Tensor, # sampled latents, on any device
@@ -286,7 +287,7 @@ def decode_latents(vae:VAE, # the VAE that made the latents
                   )->torch.Tensor:
     "Images in [-1, 1], on the CPU, from latents `z`: divided by `scale`, decoded by the VAE, clamped."
     vae.eval()
-    return vae.decode(z.to(next(vae.parameters()).device) / scale).clamp(-1, 1).cpu()
+    return vae.decode(z.to(model_device(vae)) / scale).clamp(-1, 1).cpu()
 
 # %% ../nbs/25_cond_unet.ipynb #1628d945
 @torch.no_grad()
@@ -308,7 +309,7 @@ def generate(denoiser:CondKarrasDenoiser, # the trained conditioned denoiser
     prompts = check_prompts(prompts, tokenizer)   # unknown words would all mean <unk>
     guided = GuidedDenoiser(denoiser.eval(), text_condition(clip, tokenizer, prompts),
                             text_condition(clip, tokenizer, ['']), guidance_scale)
-    device = next(denoiser.parameters()).device
+    device = model_device(denoiser)
     x = noise_latents(vae, len(prompts), sigma_max, generator, device)
     # not `karras_sample`: it clamps to the images' range [-1, 1], and latents are not images
     z = sampler(guided, x, sigmas_karras(steps, sigma_min, sigma_max).to(device), generator=generator)

@@ -18,6 +18,7 @@ from .metrics import MetricsCB
 from .sched import OneCycleCB
 from .accel import ChannelsLastCB
 from .store import load_or_train, models_dir
+from .device import model_device, randn_tensor
 from .unet import UNet
 
 # %% ../nbs/17_ddpm.ipynb #c06dae28
@@ -98,9 +99,9 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
     T = len(abar)
     steps = T if steps is None else steps
     if not 1 <= steps <= T: raise ValueError(f'steps must be between 1 and {T}, got {steps}')
-    device = next(model.parameters()).device
+    device = model_device(model)
     ts = torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
-    x = torch.randn((n, channels, size, size), generator=generator)
+    x = randn_tensor((n, channels, size, size), generator)
     kept = []
     model.eval()
     for i, t in enumerate(ts):
@@ -112,7 +113,7 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
         x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
         x = (ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x).float()
         if i + 1 < steps:
-            x = x + ((1 - ab_prev) / (1 - ab) * beta).sqrt().float() * torch.randn(x.shape, generator=generator)
+            x = x + ((1 - ab_prev) / (1 - ab) * beta).sqrt().float() * randn_tensor(x.shape, generator)
         if i in keep: kept.append(x.clone())
     return (x, kept) if keep else x
 

@@ -22,6 +22,7 @@ from .vae import VAE
 from .clip import CLIPModel
 from .cond_unet import (CondUNet, CondKarrasDenoiser, GuidedDenoiser, decode_latents, encode_latents,
                               noise_latents, text_condition)
+from .device import model_device
 from .samplers import sample_dpmpp_2m, sigmas_karras
 
 # %% ../nbs/26_text_to_image.ipynb #f7cda067
@@ -85,7 +86,7 @@ class TextToImagePipeline:
 
     def prepare_latents(self, n:int, generator=None, image_size:int=32)->torch.Tensor:
         "Step 2: `n` starting latents, noise at the first level, on the U-Net's device."
-        return noise_latents(self.vae, n, self.sigma_max, generator, next(self.denoiser.parameters()).device, image_size)
+        return noise_latents(self.vae, n, self.sigma_max, generator, model_device(self.denoiser), image_size)
 
     def denoise(self, latents, cond, uncond, guidance_scale:float=2., steps:int=10, sampler=None, generator=None):
         "Step 3: the latents sampled down the noise levels, guided (at guidance 1, the conditional model alone)."

@@ -8,6 +8,7 @@ __all__ = ['ddim_timesteps', 'ddim_sigma', 'ddim_step', 'ddim_sample', 'slerp', 
 # %% ../nbs/19_ddim.ipynb #6c9d702c
 import torch
 from torch import nn
+from .device import randn_tensor
 
 # %% ../nbs/19_ddim.ipynb #5403e0b7
 def ddim_timesteps(T:int, # timesteps of the noise schedule (`len(abar)`)
@@ -175,8 +176,7 @@ def sample_euler_ancestral(
         sigma_down, sigma_up = ancestral_step(float(s), float(s_next), eta)
         x = x + (x - denoiser(x, s)) / s * (sigma_down - s)
         if sigma_up > 0:
-            x = x + sigma_up * torch.randn(x.shape, generator=generator,
-                                           device=generator.device if generator is not None else 'cpu').to(x)
+            x = x + sigma_up * randn_tensor(x.shape, generator).to(x)   # drawn on the generator's device
     return x
 
 # %% ../nbs/26_text_to_image.ipynb #c288eea6
