@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch.optim.lr_scheduler import ExponentialLR
+from fastcore.basics import patch
 from .device import to_device, def_device
 
 # %% ../nbs/09_learner.ipynb #8b8edbe6
@@ -104,37 +105,43 @@ class Learner:
     def _one_epoch(self):
         for self.iter, self.batch in enumerate(self.dl): self._one_batch()
 
-    def one_epoch(self, training:bool):
-        "One pass over the training (`training=True`) or validation data, with the model in that mode."
-        self.model.train(training)
-        self.dl = self.dls.train if training else self.dls.valid
-        if training: self._one_epoch()
-        else:
-            with torch.no_grad(): self._one_epoch()
+# %% ../nbs/09_learner.ipynb #5ee826d9
+@patch
+def one_epoch(self:Learner, training:bool):
+    "One pass over the training (`training=True`) or validation data, with the model in that mode."
+    self.model.train(training)
+    self.dl = self.dls.train if training else self.dls.valid
+    if training: self._one_epoch()
+    else:
+        with torch.no_grad(): self._one_epoch()
 
-    @with_cbs('fit')
-    def _fit(self, train, valid):
-        for self.epoch in self.epochs:
-            if train: self.one_epoch(True)
-            if valid: self.one_epoch(False)
+# %% ../nbs/09_learner.ipynb #55bae4e5
+@patch
+@with_cbs('fit')
+def _fit(self:Learner, train, valid):
+    for self.epoch in self.epochs:
+        if train: self.one_epoch(True)
+        if valid: self.one_epoch(False)
 
-    def fit(self,
-            n_epochs:int=1, # epochs, each a training pass then a validation pass
-            train:bool=True, # run the training passes
-            valid:bool=True, # run the validation passes
-            cbs:list|None=None, # extra callbacks for this fit only
-            lr:float=None, # learning rate for this fit (default: the learner's `lr`)
-           ):
-        "Train for `n_epochs` with a new optimiser; `cbs` join the learner's callbacks for this fit only."
-        if n_epochs < 0: raise ValueError(f'n_epochs must be >= 0, got {n_epochs}')
-        cbs = list(cbs or [])
-        self.cbs += cbs
-        try:
-            self.n_epochs, self.epochs = n_epochs, range(n_epochs)
-            self.opt = self.opt_func(self.model.parameters(), self.lr if lr is None else lr)
-            self._fit(train, valid)
-        finally:
-            for cb in cbs: self.cbs.remove(cb)
+# %% ../nbs/09_learner.ipynb #7562361b
+@patch
+def fit(self:Learner,
+        n_epochs:int=1, # epochs, each a training pass then a validation pass
+        train:bool=True, # run the training passes
+        valid:bool=True, # run the validation passes
+        cbs:list|None=None, # extra callbacks for this fit only
+        lr:float=None, # learning rate for this fit (default: the learner's `lr`)
+       ):
+    "Train for `n_epochs` with a new optimiser; `cbs` join the learner's callbacks for this fit only."
+    if n_epochs < 0: raise ValueError(f'n_epochs must be >= 0, got {n_epochs}')
+    cbs = list(cbs or [])
+    self.cbs += cbs
+    try:
+        self.n_epochs, self.epochs = n_epochs, range(n_epochs)
+        self.opt = self.opt_func(self.model.parameters(), self.lr if lr is None else lr)
+        self._fit(train, valid)
+    finally:
+        for cb in cbs: self.cbs.remove(cb)
 
 # %% ../nbs/09_learner.ipynb #01176d0a
 class TrainCB(Callback):
