@@ -287,6 +287,13 @@ def _check_writable(folder:Path):
                               'point MINIAI_DATA at a folder you can write to') from e
 
 # %% ../nbs/17_ddpm.ipynb #9c45ba26
+def _full_config(build, config:dict)->dict:
+    ("The whole configuration a model built now with `config` would have (its defaults too), leaving out what only "
+     "training sets (None); the global random state is left as it was.")
+    with torch.random.fork_rng(devices=[]): built = build(**config)
+    return {k: v for k, v in (getattr(built, 'config', None) or {}).items() if v is not None} | config
+
+# %% ../nbs/17_ddpm.ipynb #73b09a61
 def load_or_train(folder:str|Path, # the model's folder (`save_trained`'s), named after the settings that change it
                   build, # makes an empty model, `build(**config)`: usually its class
                   config:dict, # the keywords `build` takes: a saved model must have been built with these
@@ -305,9 +312,7 @@ def load_or_train(folder:str|Path, # the model's folder (`save_trained`'s), name
         restore_folder(folder)
         if (folder/CONFIG_FILE).is_file():
             meta = read_config(folder, redo)
-            # the whole configuration a model built now would have (defaults too), but what only training sets
-            full = {k: v for k, v in (getattr(build(**config), 'config', None) or {}).items() if v is not None} | config
-            if diffs := _differences(meta['config'], full) + _differences(meta['record'], expect):
+            if diffs := _differences(meta['config'], _full_config(build, config)) + _differences(meta['record'], expect):
                 raise ValueError(f'{folder.name} holds {what} of other settings: ' + '; '.join(diffs) + redo)
             model, record = load_trained(folder, build, redo)
             if verbose: print(f'{what}, loaded from {folder.name}')

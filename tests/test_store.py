@@ -200,3 +200,12 @@ def test_load_state_names_a_value_that_is_not_a_tensor():
             load_state(model, state, 'weights.pt', ': retrain it')
     with pytest.raises(TypeError, match='weights.pt holds a list, not a state_dict'): load_state(model, [1], 'weights.pt')
     load_state(model, model.state_dict(), 'weights.pt')
+
+def test_loading_leaves_the_global_random_state_alone(tmp_path):
+    "Comparing settings builds a model; that must not draw from the global generator a lesson samples with next."
+    load_or_train(tmp_path/'m', _small, dict(width=4), _train_small, 'm', verbose=False)
+    torch.manual_seed(3); load_or_train(tmp_path/'m', _small, dict(width=4), _train_small, 'm', verbose=False)
+    after_load = torch.rand(3)
+    # load_trained builds the model to load into once, as any loader must: the comparison adds no draws
+    torch.manual_seed(3); load_trained(tmp_path/'m', _small); after_plain_load = torch.rand(3)
+    assert torch.equal(after_load, after_plain_load)
