@@ -38,10 +38,13 @@ def _pipeline_folder(folder:Path)->bool:
 # %% ../nbs/26_text_to_image.ipynb #5cfbfd29
 MAX_IMAGES = 1_000_000   # images one call may ask for (4 GB of float32 32x32 images)
 
-def _check_whole(name, value)->int:
-    "`value` as an int, if it is a whole number (Python's or NumPy's) of at least 1; else `ValueError` naming `name`."
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f'{name} must be a whole number of at least 1, got {value!r}')
+def _check_whole(name, value, low:int=1, high:int|None=None)->int:
+    ("`value` as an int, if it is a whole number (Python's or NumPy's, not a bool) from `low` to `high` "
+     "(None: no limit); else `ValueError` naming `name`.")
+    whole = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if not whole or value < low or (high is not None and value > high):
+        span = f'of at least {low}' if high is None else f'from {low} to {high:,}'
+        raise ValueError(f'{name} must be a whole number {span}, got {value!r}')
     return int(value)
 
 def _check_guidance(scale)->float:
@@ -308,12 +311,6 @@ def _fail(message:str, status:int):
     print(f'miniai-generate: error: {message}', file=sys.stderr)
     raise SystemExit(status)
 
-def _check_count(name, value, low, high)->int:
-    "`value` as an int, if a whole number (not a bool) from `low` to `high`; else `ValueError` naming `name`."
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f'{name} must be a whole number from {low} to {high:,}, got {value!r}')
-    return int(value)
-
 def _check_out(out)->Path:
     "The PNG path to write, if it names a `.png` file in a folder that exists."
     out = Path(out)
@@ -332,8 +329,8 @@ def _generate_options(prompts, n, guidance, steps, seed, out)->tuple:
     except ValueError:
         raise ValueError('--guidance must be a finite number >= 0 (1: the prompt alone, no guidance; '
                          f'0: the prompt ignored), got {guidance!r}') from None
-    return (prompts, _check_count('--n', n, 1, GRID_MAX_IMAGES), guidance,
-            _check_count('--steps', steps, 1, MAX_STEPS), _check_count('--seed', seed, 0, 2**64 - 1),
+    return (prompts, _check_whole('--n', n, 1, GRID_MAX_IMAGES), guidance,
+            _check_whole('--steps', steps, 1, MAX_STEPS), _check_whole('--seed', seed, 0, 2**64 - 1),
             _check_out(out))
 
 # %% ../nbs/26_text_to_image.ipynb #00bdf7ee
