@@ -119,14 +119,23 @@ def ddpm_sample(model:nn.Module, # noise predictor `model(x_t, t)`
 
 # %% ../nbs/17_ddpm.ipynb #fe8c230c
 def trained_ddpm(verbose:bool=True, # say where the model came from
+                 schedule:str='linear', # 'linear' (lesson 17's `linear_betas`) or 'cosine' (`cosine_abar`, below)
                 )->tuple:
-    ("Lesson 17's model and its alpha-bar: `(UNet, abar)`, loaded from `models_dir()/DDPM_NAME`, "
-     "or trained there with `train_ddpm` (one epoch, seed 1) by `load_or_train` when missing.")
+    ("Lesson 17's model and its alpha-bar: `(UNet, abar)`, loaded from `models_dir()/DDPM_NAME` "
+     "(`DDPM_NAME + '_cosine'` for the cosine schedule), or trained there with `train_ddpm` (one epoch, seed 1) "
+     "by `load_or_train` when missing.")
+    if schedule not in ('linear', 'cosine'):
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+    abar = abar_from_betas(linear_betas()) if schedule == 'linear' else cosine_abar()
     def train(model):
-        start, learn = time.perf_counter(), train_ddpm(model, fashion32_dls(verbose=verbose), epochs=1)
+        start = time.perf_counter()
+        learn = train_ddpm(model, fashion32_dls(verbose=verbose), epochs=1, abar=abar)
         return dict(epochs=1, steps=len(learn.dls.train), minutes=round((time.perf_counter() - start) / 60, 1))
-    model, _ = load_or_train(models_dir()/DDPM_NAME, UNet, {}, train, "lesson 17's DDPM model", verbose=verbose)
-    return model, abar_from_betas(linear_betas())
+    name, what = ((DDPM_NAME, "lesson 17's DDPM model") if schedule == 'linear' else
+                  (f'{DDPM_NAME}_cosine', "lesson 17's DDPM model on the cosine schedule"))
+    model, _ = load_or_train(models_dir()/name, UNet, {}, train, what, verbose=verbose)
+    return model, abar
+
 
 # %% ../nbs/17_ddpm.ipynb #a780fc90
 def cosine_abar(T:int=1000, # number of diffusion steps
