@@ -189,6 +189,8 @@ def _sample_data()->dict:
             data[name].name = fname
     return data
 
+
+# %% ../nbs/05a_fashion.ipynb #31c970ac
 def _check_urls(urls):
     "Raise `TypeError` if `urls` is a single string: it would be read as a list of one-letter URLs."
     if isinstance(urls, (str, bytes)):
