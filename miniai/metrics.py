@@ -141,9 +141,14 @@ class ProgressCB(Callback):
             self.valid_losses.append((len(self.losses), float(self.learn_metrics.loss.compute())))
         if self.plot and self.mbar is not None: self._draw()
     def _draw(self):
+        "Redraw the plot: the training loss per step, the validation loss at the step each epoch ended."
         graphs = [[range(len(self.losses)), self.losses]]
         if self.valid_losses: graphs.append([[i for i, _ in self.valid_losses], [l for _, l in self.valid_losses]])
         self.mbar.update_graph(graphs)
+        ax = getattr(self.mbar, 'graph_ax', None)   # only a notebook's bar draws
+        if ax is not None:
+            ax.set_xlabel('step (training batches so far)'); ax.set_ylabel('loss')
+            self.mbar.graph_out.update(ax.figure)
         self.drawn = time.perf_counter()
 
 # %% ../nbs/09b_metrics.ipynb #42be4b20
