@@ -1,10 +1,11 @@
-"Augmentations keep shapes, dtypes and labels, are seeded, and do what they say; dropout, the callback, TTA and save/load."
+"Augmentations keep shapes, dtypes and labels, are seeded, and do what they say; dropout (per activation and per channel), the callback, TTA, test-time dropout, ensembles and save/load."
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
-from miniai.augment import (pad_crop, random_crop, random_flip, erase_mask, random_erase, BatchAugment, BatchTransformCB,
-                            Dropout, get_preds, hflip, tta_preds)
+from miniai.augment import (pad_crop, random_crop, random_flip, erase_mask, random_erase, random_copy, BatchAugment,
+                            BatchTransformCB, Dropout, Dropout2d, dropout_train, get_preds, hflip, tta_preds,
+                            tt_dropout_preds, ensemble_preds)
 from miniai.store import load_model, save_model
 from miniai.learner import Callback, TrainLearner, DeviceCB
 
@@ -15,7 +16,8 @@ AUGMENTS = {
     'crop': lambda x, g: random_crop(x, 2, generator=g),
     'flip': lambda x, g: random_flip(x, 0.5, generator=g),
     'erase': lambda x, g: random_erase(x, 0.5, generator=g),
-    'all': lambda x, g: BatchAugment(pad=2, erase_p=0.5, seed=g.initial_seed())(x),
+    'copy': lambda x, g: random_copy(x, 0.5, generator=g),
+    'all': lambda x, g: BatchAugment(pad=2, erase_p=0.5, copy_p=0.5, seed=g.initial_seed())(x),
 }
 
 @pytest.mark.parametrize('name', AUGMENTS)
@@ -106,12 +108,39 @@ def test_erase_changes_only_the_rectangle():
     with pytest.raises(TypeError, match='floating-point'): random_erase(x.to(torch.uint8))
     with pytest.raises(ValueError, match='size must be'): erase_mask(3, 5, 5, size=(0, 0.5))
 
+@settings(max_examples=30)
+@given(n=st.integers(1, 6), c=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12), lo=st.floats(0.05, 1),
+       span=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_random_copy_equals_slice_copy(n, c, h, w, lo, span, seed):
+    "Each image's destination rectangle holds the source rectangle's pixels (read before any change); nothing else moves."
+    x, size = torch.randn(n, c, h, w, generator=gen(seed)), (lo, min(1., lo + span))
+    out, mask = random_copy(x, 1., size, generator=gen(seed + 1)), erase_mask(n, h, w, 1., size, generator=gen(seed + 1))
+    assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
+    for i in range(n):
+        rows, cols = mask[i, 0].any(1).nonzero().flatten(), mask[i, 0].any(0).nonzero().flatten()
+        patch = out[i][:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        hits = [(t, l) for t in range(h - len(rows) + 1) for l in range(w - len(cols) + 1)
+                if torch.equal(x[i][:, t:t + len(rows), l:l + len(cols)], patch)]
+        assert hits, 'the patch is not a rectangle of the original image'
+
+def test_random_copy_keeps_values_and_p():
+    x = images(300)
+    out = random_copy(x, 0.5, generator=gen(2))
+    changed = (out != x).flatten(1).any(1)
+    assert 100 < changed.sum() < 200
+    assert all(set(out[i].unique().tolist()) <= set(x[i].unique().tolist()) for i in range(300))
+    assert torch.equal(random_copy(x, 0., generator=gen(2)), x)
+    with pytest.raises(ValueError, match='size must be'): random_copy(x, size=(0.5, 0.1))
+    with pytest.raises(ValueError, match='batch of images'): random_copy(x[0])
+
 def test_batch_augment():
     x = images(32)
     assert torch.equal(BatchAugment(seed=3)(x), BatchAugment(seed=3)(x))
     aug = BatchAugment(seed=3)
     assert not torch.equal(aug(x), aug(x)), 'a new draw for every batch'
     assert torch.equal(BatchAugment(pad=0, flip_p=0, erase_p=0)(x), x)
+    assert not torch.equal(BatchAugment(pad=0, flip_p=0, erase_p=0, copy_p=1.)(x), x)
+    assert torch.equal(BatchAugment(copy_p=0, seed=3)(x), BatchAugment(seed=3)(x)), 'copy_p=0 draws nothing'
     assert BatchAugment().seed != BatchAugment().seed
     assert 'pad=1' in repr(BatchAugment())
 
@@ -132,6 +161,20 @@ def test_dropout():
     torch.manual_seed(1); a = Dropout(0.5)(x)
     torch.manual_seed(1); b = Dropout(0.5)(x)
     assert torch.equal(a, b)
+
+def test_dropout2d_against_pytorch():
+    x = torch.randn(2000, 32, 3, 3, generator=gen(0)) + 3
+    for p in (0.1, 0.5):
+        for d in (Dropout2d(p), nn.Dropout2d(p)):
+            torch.manual_seed(0)
+            y = d(x)
+            zeroed = (y == 0).flatten(2).all(2)
+            assert abs(zeroed.float().mean() - p) < 0.01
+            torch.testing.assert_close(y[~zeroed], x[~zeroed] / (1 - p)), 'survivors scaled whole'
+            assert abs(y.mean() - x.mean()) < 0.05
+    assert torch.equal(Dropout2d(0.5).eval()(x), x) and torch.equal(Dropout2d(1.)(x), torch.zeros_like(x))
+    with pytest.raises(ValueError, match='between 0 and 1'): Dropout2d(1.5)
+    with pytest.raises(ValueError, match='batch of images'): Dropout2d(0.5)(torch.randn(4, 3))
 
 class Recorder(Callback):
     order = BatchTransformCB.order + 1
@@ -206,3 +249,32 @@ def test_load_errors(tmp_path):
     m = small_model(); before = [p.clone() for p in m.parameters()]
     with pytest.raises(ValueError): load_model(m, tmp_path/'junk.pt')
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters())), 'a failed load changed the model'
+
+def drop_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), Dropout2d(0.3),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 3))
+
+def test_test_time_dropout():
+    model, dl = drop_model(), [(images(5, seed=i), torch.arange(5) % 3) for i in range(2)]
+    model.eval()
+    assert dropout_train(model) == 2 and model[3].training and model[6].training and not model[1].training
+    torch.manual_seed(1); a = get_preds(model, dl, dropout=True)[0]
+    torch.manual_seed(1); b = get_preds(model, dl, dropout=True)[0]
+    assert torch.equal(a, b) and not torch.equal(a, get_preds(model, dl)[0])
+    assert not any(m.training for m in model.modules()), 'left in evaluation mode'
+    torch.manual_seed(2); probs, targets = tt_dropout_preds(model, dl, n=4)
+    torch.manual_seed(2); passes = [get_preds(model, dl, dropout=True)[0].softmax(1) for _ in range(4)]
+    torch.testing.assert_close(probs, torch.stack(passes).mean(0))
+    assert torch.equal(targets, torch.arange(5).repeat(2) % 3)
+    with pytest.raises(ValueError, match='no dropout layers'): tt_dropout_preds(small_model(), dl)
+
+def test_ensemble_preds():
+    dl = [(images(5, seed=i), torch.arange(5) % 3) for i in range(2)]
+    m1, m2 = small_model(), small_model(6)
+    p1, p2 = get_preds(m1, dl)[0].softmax(1), get_preds(m2, dl)[0].softmax(1)
+    torch.testing.assert_close(ensemble_preds([m1], dl)[0], p1)
+    probs, targets = ensemble_preds([m1, m2], dl)
+    torch.testing.assert_close(probs, (p1 + p2) / 2)
+    assert torch.equal(targets, torch.arange(5).repeat(2) % 3)
+    with pytest.raises(ValueError, match='at least one model'): ensemble_preds([], dl)
