@@ -285,3 +285,36 @@ def test_lms_order_1_is_euler_and_lms_converges_faster_than_heun():
     heun = {n: (sample_heun(gauss, x, s) - truth).abs().max().item() for n, s in sig.items()}
     for n in (25, 50): assert err[n] / err[2 * n] > 6
     assert err[25] < heun[25]   # 25 calls against Heun's 49
+
+def test_zero_init_residuals():
+    from miniai.unet import EmbResBlock
+    from miniai.karras import zero_init_residuals
+    unet = zero_init_residuals(UNet(nfs=(8, 16)))
+    blocks = [m for m in unet.modules() if isinstance(m, EmbResBlock)]
+    assert all((b.conv2[-1].weight == 0).all() and (b.conv2[-1].bias == 0).all() for b in blocks)
+    x, emb = torch.randn(2, 8, 8, 8), torch.randn(2, 32)
+    with torch.no_grad():
+        assert torch.equal(unet(torch.randn(2, 1, 8, 8), torch.rand(2)), torch.zeros(2, 1, 8, 8))
+        assert torch.equal(blocks[0](x, emb), blocks[0].idconv(x))
+
+def test_trained_karras_with_init_is_its_own_model(tmp_path, monkeypatch):
+    "`init` runs on the new U-Net before training, and the model is kept in its own folder with `init` in its record."
+    import miniai.karras as karras, miniai.datasets as datasets
+    class DLs:
+        train = [(torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(i)), torch.zeros(8)) for i in range(2)]
+        valid = train
+    monkeypatch.setattr(karras, 'models_dir', lambda: tmp_path)
+    monkeypatch.setattr(datasets, 'fashion32_dls', lambda *args, **kwargs: DLs())
+    started = []
+    def zero_init_residuals(model):   # the real one, recording the model's output as training starts
+        karras.zero_init_residuals(model)
+        with torch.no_grad(): started.append(model(torch.randn(2, 1, 32, 32), torch.rand(2)).abs().max().item())
+    zero, zero_rec = karras.trained_karras(1, verbose=False, init=zero_init_residuals)
+    plain, plain_rec = karras.trained_karras(1, verbose=False)
+    assert started == [0.]
+    assert zero_rec['init'] == 'zero_init_residuals' and 'init' not in plain_rec and zero_rec['steps'] == 2
+    assert (tmp_path/'karras_fashion_e1_zero_init_residuals').is_dir() and (tmp_path/'karras_fashion_e1').is_dir()
+    w = lambda d: d.model.conv_out[-1].weight
+    assert not torch.equal(w(zero), w(plain))
+    again, again_rec = karras.trained_karras(1, verbose=False, init=zero_init_residuals)   # loaded, not trained
+    assert started == [0.] and torch.equal(w(again), w(zero)) and again_rec['losses'] == zero_rec['losses']
