@@ -19,6 +19,7 @@ from miniai.samplers import sample_heun
 from miniai.samplers import sample_euler
 from miniai.samplers import sigmas_karras
 from miniai.samplers import sample_dpmpp_2m
+from miniai.samplers import sample_lms
 
 T = 1000
 BETAS = linear_betas(T)   # lesson 17's schedule; diffusers gets the same betas (`trained_betas`)
@@ -153,6 +154,21 @@ def test_euler_and_heun_equal_diffusers_with_karras_sigmas(cls, sampler):
     x = sampler(VPDenoiser(ours, ABAR), sigmas[0] * noise, sigmas)
     ref = run_diffusers(sched, theirs, sched.init_noise_sigma * noise)
     assert len(ours.calls) == (19 if sampler is sample_heun else 10)
+    assert_same_calls(ours, theirs)
+    torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-4)
+
+@pytest.mark.parametrize('order', [1, 2, 4])
+def test_lms_equals_diffusers_with_karras_sigmas(order):
+    """`sample_lms` against `LMSDiscreteScheduler` (`use_karras_sigmas=True`, `timestep_spacing='linspace'`), at
+    orders 1 (Euler), 2 and 4 (the default of both): the same noise levels, the same inputs at every call, one call
+    per step. diffusers integrates the Lagrange polynomials numerically (scipy's `quad`), ours exactly."""
+    sched = scheduler(diffusers.LMSDiscreteScheduler, use_karras_sigmas=True, timestep_spacing='linspace')
+    sigmas = karras_grid(sched, 12)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10))
+    ours, theirs = GaussianEps(), GaussianEps()
+    x = sample_lms(VPDenoiser(ours, ABAR), sigmas[0] * noise, sigmas, order=order)
+    ref = run_diffusers(sched, theirs, sched.init_noise_sigma * noise, order=order)
+    assert len(ours.calls) == 12
     assert_same_calls(ours, theirs)
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-4)
 
