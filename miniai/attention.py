@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['attention_weights', 'attention', 'MultiHeadAttention', 'TransformerBlock', 'masked_mean', 'TextEncoder',
-           'CrossAttention2d']
+           'CrossAttention2d', 'SelfAttention2d', 'AttnResBlock', 'AttnUNet', 'trained_karras_attn']
 
 # %% ../nbs/23_attention.ipynb #e9e39d93
 import math
@@ -245,3 +245,76 @@ class CrossAttention2d(nn.Module):
         pixels = x.flatten(2).transpose(1, 2)   # [n, h*w, c]: one query per pixel
         read = self.attn(self.norm(pixels), context, mask)
         return x + read.transpose(1, 2).reshape(n, c, h, w)
+
+# %% ../nbs/23_attention.ipynb #793ca37d
+class SelfAttention2d(CrossAttention2d):
+    ("Every pixel of a feature map [n, c, h, w] attends to all its pixels: "
+     "LayerNorm, multi-head self-attention, residual.")
+    def __init__(self,
+                 channels:int, # channels of the feature map
+                 head_chans:int=8, # channels per head (must divide channels): channels // head_chans heads
+                 zero_init:bool=True, # start the output projection at 0, so the layer starts as the identity
+                ):
+        if head_chans < 1 or channels % head_chans:
+            raise ValueError(f'head_chans ({head_chans}) must divide channels ({channels})')
+        super().__init__(channels, channels, channels // head_chans, zero_init)
+
+    def forward(self, x:torch.Tensor, # feature map [n, channels, h, w]
+               )->torch.Tensor:
+        "[n, channels, h, w]: `x` plus what each pixel read from all the pixels."
+        return super().forward(x, None)   # no context: the normalised pixels are queries, keys and values
+
+# %% ../nbs/23_attention.ipynb #2175bb8c
+from .unet import UNet
+from .store import load_or_train, models_dir
+
+# %% ../nbs/23_attention.ipynb #666d3d96
+class AttnResBlock(nn.Module):
+    "A residual block `block(x, emb)` followed by `SelfAttention2d` on its output."
+    def __init__(self,
+                 block:nn.Module, # an `EmbResBlock` (its last layer is a convolution, `block.conv2[-1]`)
+                 head_chans:int=8, # channels per attention head
+                ):
+        super().__init__()
+        self.block, self.attn = block, SelfAttention2d(block.conv2[-1].out_channels, head_chans)
+    def forward(self, x, emb): return self.attn(self.block(x, emb))
+
+# %% ../nbs/23_attention.ipynb #e4fe1bfc
+class AttnUNet(UNet):
+    ("Lesson 16's `UNet` with `SelfAttention2d` after each residual block of its `attn_levels` lowest levels "
+     "(down and up) and after the middle block.")
+    def __init__(self,
+                 in_ch:int=1, # channels of the images
+                 out_ch:int=1, # channels of the output
+                 nfs:tuple=(16, 32, 64, 64), # channels at each level; the size halves from one level to the next
+                 n_layers:int=1, # residual blocks per down level (the up levels get one more)
+                 attn_levels:int=2, # how many of the lowest levels get attention (0: only the middle block)
+                 head_chans:int=8, # channels per attention head
+                ):
+        super().__init__(in_ch, out_ch, nfs, n_layers)
+        if not 0 <= attn_levels <= len(nfs):
+            raise ValueError(f'attn_levels must be between 0 and {len(nfs)} (the levels), got {attn_levels}')
+        for blk in [*self.downs[len(nfs) - attn_levels:], *self.ups[:attn_levels]]:
+            blk.resnets = nn.ModuleList(AttnResBlock(r, head_chans) for r in blk.resnets)
+        self.mid = AttnResBlock(self.mid, head_chans)
+
+# %% ../nbs/23_attention.ipynb #da007d4b
+def trained_karras_attn(epochs:int=1, # passes over the training images, if it has to train
+                        attn_levels:int=2, # `AttnUNet`'s levels with attention
+                        verbose:bool=True, # say where the model came from
+                       )->tuple:
+    ("An `AttnUNet` denoiser and its training record, `(KarrasDenoiser, dict)`, trained (or loaded) exactly "
+     "as lesson 20's `trained_karras` does the plain `UNet`.")
+    from miniai.datasets import fashion32_dls
+    from miniai.karras import KarrasDenoiser, train_karras
+    def train(model):
+        dls = fashion32_dls(64, verbose=verbose)
+        sigma_data = torch.cat([b[0] for b in dls.train]).pow(2).mean().sqrt().item()
+        learn = train_karras(model, dls, epochs, sigma_data=sigma_data)
+        return dict(batch_size=64, lr=2e-3, sigma_data=sigma_data, steps=len(learn.log.losses),
+                    seconds=learn.log.seconds, losses=learn.log.losses)
+    model, record = load_or_train(models_dir()/f'karras_fashion_attn{attn_levels}_e{epochs}', AttnUNet,
+                                  dict(attn_levels=attn_levels), train,
+                                  f'the Karras model with attention trained for {epochs} epoch(s)',
+                                  dict(epochs=epochs), verbose=verbose)
+    return KarrasDenoiser(model, record['sigma_data']), record
