@@ -286,7 +286,7 @@ class AttnUNet(UNet):
     def __init__(self,
                  in_ch:int=1, # channels of the images
                  out_ch:int=1, # channels of the output
-                 nfs:tuple=(16, 32, 64, 64), # channels at each level; the size halves from one level to the next
+                 nfs:tuple=(16, 32, 64, 64), # channels per level; the size halves from one level to the next
                  n_layers:int=1, # residual blocks per down level (the up levels get one more)
                  attn_levels:int=2, # how many of the lowest levels get attention (0: only the middle block)
                  head_chans:int=8, # channels per attention head

@@ -1,7 +1,8 @@
 """Self-attention in the U-Net (lesson 23): `SelfAttention2d` equals a direct computation with
 `F.scaled_dot_product_attention` per head, commutes with any shuffle of the pixels and starts as the identity;
 `AttnUNet` starts equal to the `UNet` of the same seed at every number of attention levels, adds exactly its
-attention layers' parameters, trains every parameter once the output projections are nonzero, and refuses bad settings."""
+attention layers' parameters, trains every parameter once the output projections are nonzero, and refuses
+bad settings."""
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from miniai.unet import UNet
 def n_params(m): return sum(p.numel() for p in m.parameters())
 
 def reference(sa, x):
-    "LayerNorm over each pixel's channels, per-head softmax(QK^T/sqrt(d))V with torch's kernel, projection, residual."
+    "LayerNorm over channels, softmax(QK^T/sqrt(d))V per head by torch's kernel, projection, residual."
     n, c, h, w = x.shape
     heads = sa.attn.n_heads
     pix = F.layer_norm(x.flatten(2).transpose(1, 2), (c,), sa.norm.weight, sa.norm.bias)
@@ -53,7 +54,7 @@ def test_attn_unet_starts_as_the_unet_of_the_same_seed(attn_levels):
     x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
     with torch.no_grad(): assert torch.equal(plain(x, t), net(x, t))
     layers = [m for m in net.modules() if isinstance(m, SelfAttention2d)]
-    assert len(layers) == 1 + attn_levels + 2 * attn_levels   # middle; one block per down level, two per up level
+    assert len(layers) == 1 + 3 * attn_levels   # the middle; one block per down level, two per up level
     assert n_params(net) - n_params(plain) == sum(n_params(m) for m in layers)
 
 def test_attn_unet_trains_every_parameter():
@@ -68,4 +69,5 @@ def test_errors():
     with pytest.raises(ValueError, match='must divide channels'): SelfAttention2d(12, 8)
     with pytest.raises(ValueError, match='must divide channels'): SelfAttention2d(8, 0)
     with pytest.raises(ValueError, match='feature map'): SelfAttention2d(8)(torch.randn(2, 8, 4))
-    with pytest.raises(ValueError, match='attn_levels must be between 0 and 3'): AttnUNet(nfs=(8, 16, 16), attn_levels=4)
+    with pytest.raises(ValueError, match='attn_levels must be between 0 and 3'):
+        AttnUNet(nfs=(8, 16, 16), attn_levels=4)
