@@ -59,7 +59,7 @@ def test_file_lock_is_reentrant_and_released_on_error(tmp_path):
 def _slow_trained_ddpm(started):
     "trained_ddpm in another process, finding no model, whose training takes a second and gives other weights."
     torch.set_num_threads(1)   # a child forked after torch used its thread pool hangs in its first threaded operation otherwise
-    def slow_train(model, dls, epochs):
+    def slow_train(model, dls, epochs, **kwargs):   # kwargs: train_ddpm's other settings (abar)
         Path(started).touch()
         time.sleep(1)
         with torch.no_grad():
