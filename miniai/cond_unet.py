@@ -242,17 +242,33 @@ def _pad_tokens(context, mask, L):
     n, l, d = context.shape
     return F.pad(context, (0, 0, 0, L - l)), F.pad(mask, (0, L - l), value=False)
 
+def _check_interval(interval)->tuple:
+    "`interval` as two floats `(low, high)` with 0 <= low <= high, else `ValueError`."
+    try: low, high = (float(v) for v in interval)
+    except (TypeError, ValueError): low = high = float('nan')
+    if not 0 <= low <= high:
+        raise ValueError(f'interval must be two noise levels (low, high) with 0 <= low <= high, got {interval!r}')
+    return low, high
+
 class GuidedDenoiser(nn.Module):
     ("A denoiser `D(x, sigma)` for lesson 20's samplers: the conditional and unconditional predictions "
-     "of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine` (at scale 1, the conditional one alone).")
+     "of a `CondKarrasDenoiser` in one batch, combined with `cfg_combine` (at scale 1, the conditional one alone); "
+     "outside `interval` it does not guide: the conditional prediction alone, one pass.")
     def __init__(self,
                  denoiser:CondKarrasDenoiser, # the conditioned denoiser
                  cond:tuple, # `text_condition(...)` of the prompts: one prompt for all images, or one per image
                  uncond:tuple, # `text_condition(...)` of `['']`
                  scale:float=2., # guidance scale
+                 interval:tuple=(0., math.inf), # noise levels `(low, high)` at which to guide (default: all)
                 ):
         super().__init__()
         self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
+        self.interval = _check_interval(interval)
+    def guides(self, sigma)->bool:
+        "Whether the noise level `sigma` (one for the whole batch, as the samplers give it) is guided."
+        s = torch.as_tensor(sigma)
+        if s.numel() != 1: raise ValueError(f'expected one noise level for the batch, got {s.numel()}')
+        return self.scale != 1 and self.interval[0] <= s.item() <= self.interval[1]
     def forward(self, x, sigma):
         n = len(x)
         (c, cm, cp), (u, um, up) = self.cond, self.uncond
@@ -260,7 +276,7 @@ class GuidedDenoiser(nn.Module):
         L = max(c.shape[1], u.shape[1])
         (c, cm), (u, um) = _pad_tokens(c, cm, L), _pad_tokens(u, um, L)
         ex = lambda t: t.expand(n, *t.shape[1:])
-        if self.scale == 1: return self.denoiser(x, sigma, ex(c), ex(cm), ex(cp))   # the conditional model alone: one pass
+        if not self.guides(sigma): return self.denoiser(x, sigma, ex(c), ex(cm), ex(cp))   # the conditional one: one pass
         both = self.denoiser(torch.cat([x, x]), sigma, torch.cat([ex(c), ex(u)]), torch.cat([ex(cm), ex(um)]),
                              torch.cat([ex(cp), ex(up)]))
         cond, uncond = both.chunk(2)

@@ -163,6 +163,33 @@ def test_guidance_at_scale_1_equals_conditional(clip_tok):
     with torch.no_grad(): torch.testing.assert_close(GuidedDenoiser(den, per_image, u, 1.)(x, 3.), den(x, 3., *per_image), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='one per image'): GuidedDenoiser(den, text_condition(clip, tok, ['a', 'b']), u)(x, 3.)
 
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0.01, 100.), st.floats(0., 50.), st.floats(0., 50.), st.sampled_from([0., 1., 2.5]))
+def test_guidance_interval_guides_inside_only(clip_tok, sigma, a, b, scale):
+    "Inside the interval (ends included) the guided prediction; outside, the conditional one; one pass there."
+    clip, tok = clip_tok
+    den = CondKarrasDenoiser(randomize_attention(small_unet()).eval(), 1.)
+    c, u = text_condition(clip, tok, ['a photo of a small bag']), text_condition(clip, tok, [''])
+    x = 3 * torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    low, high = min(a, b), max(a, b)
+    sigma = torch.tensor(sigma)   # float32, as the samplers' noise levels are
+    inside = low <= sigma.item() <= high
+    calls = []
+    hook = den.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    with torch.no_grad():
+        got = GuidedDenoiser(den, c, u, scale, interval=(low, high))(x, sigma)
+        hook.remove()
+        want = GuidedDenoiser(den, c, u, scale if inside else 1.)(x, sigma)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert calls == [6 if inside and scale != 1 else 3]   # both predictions in one batch, or the conditional alone
+
+@pytest.mark.parametrize('interval', [(2., 1.), (-1., 1.), (0., float('nan')), (1.,), 'ab', None])
+def test_guidance_interval_refuses_bad_intervals(clip_tok, interval):
+    clip, tok = clip_tok
+    den = CondKarrasDenoiser(small_unet().eval(), 1.)
+    c = text_condition(clip, tok, ['a bag'])
+    with pytest.raises(ValueError, match='0 <= low <= high'): GuidedDenoiser(den, c, c, 2., interval=interval)
+
 def test_callback_batch_and_training(clip_tok, tmp_path):
     clip, tok = clip_tok
     g = torch.Generator().manual_seed(0)
