@@ -161,7 +161,11 @@ TABLES = {'ladder': lambda opts: ladder_table(opts.big_rows, opts.repeats),
           # 7, lesson 20: seconds to make 64 images with each diffusion sampler (random weights: speed only)
           'sampling': _later('miniai.karras:sampling_speed_table',
                              lambda o: dict(n=8 if o.quick else 64, repeats=o.repeats,
-                                            steps=(4, 8) if o.quick else (25, 50, 100)), '7. ')}
+                                            steps=(4, 8) if o.quick else (25, 50, 100)), '7. '),
+          # 8, lesson 26: the text-to-image models' training steps, projected to their recipes, and guided images
+          'text_to_image': _later('miniai.pipeline:text_to_image_speed_table',
+                                  lambda o: dict(n_steps=4 if o.quick else 12, n_images=10 if o.quick else 100,
+                                                 repeats=o.repeats), '8. ')}
 
 def run_table(table, # a function of the options, or a 'module:function' string naming one
               opts:argparse.Namespace, # the command's options

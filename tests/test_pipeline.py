@@ -52,8 +52,19 @@ def test_empty_prompt_is_unconditional_at_any_guidance(pipe, scale):
                                pipe('', num_inference_steps=3, generator=g(3), guidance_scale=1.), atol=1e-5, rtol=0)
 
 def test_guidance_zero_ignores_the_prompt(pipe):
-    torch.testing.assert_close(pipe('a dark dress', num_inference_steps=3, generator=g(4), guidance_scale=0.),
+    every = (0., math.inf)   # guided at every level: at guidance 0 the unconditional model throughout
+    torch.testing.assert_close(pipe('a dark dress', num_inference_steps=3, generator=g(4), guidance_scale=0., guidance_interval=every),
                                pipe('', num_inference_steps=3, generator=g(4)), atol=1e-5, rtol=0)
+
+def test_guidance_interval(pipe):
+    "Guiding at no level is the conditional model alone; the default guides some levels, not all."
+    def draw(scale=3., **kw):
+        return pipe(['a dark dress', 'a bag'], num_inference_steps=8, generator=g(5), guidance_scale=scale, **kw)
+    torch.testing.assert_close(draw(guidance_interval=(100., 200.)), draw(1.), atol=1e-5, rtol=0)
+    default, every = draw(), draw(guidance_interval=(0., math.inf))
+    assert (default - every).abs().max() > 1e-4
+    assert (default - draw(guidance_interval=(100., 200.))).abs().max() > 1e-4
+    with pytest.raises(ValueError, match='0 <= low <= high'): draw(guidance_interval=(7., 0.4))
 
 def test_batches_give_every_image(pipe):
     out = pipe(['a bag'] * 5, num_inference_steps=2, generator=g(0), batch_size=2)
@@ -258,7 +269,7 @@ def test_bools_and_huge_requests_are_refused(pipe, kw, msg):
     with pytest.raises(ValueError, match=msg): pipe('a bag', **kw)
 
 def test_images_that_come_out_nan_raise(pipe):
-    with pytest.raises(FloatingPointError, match='not finite.*guidance_scale=1e\\+30'): pipe('a bag', num_inference_steps=2, guidance_scale=1e30, generator=g(0))
+    with pytest.raises(FloatingPointError, match='not finite.*guidance_scale=1e\\+30'): pipe('a bag', num_inference_steps=2, guidance_scale=1e30, generator=g(0), guidance_interval=(0., math.inf))
 
 @pytest.mark.parametrize('scale', [0., float('nan'), float('inf'), -1.])
 def test_latent_scale_must_be_finite_and_positive(pipe, scale):
@@ -316,7 +327,7 @@ def test_command_without_a_pipeline_says_how_to_train(no_data):
     assert status == 1 and out == ''
     assert len(err.strip().splitlines()) == 1, err   # one line
     assert 'no trained text-to-image pipeline in' in err and 'trained_pipeline()' in err
-    assert '40 minutes' in err and 'lesson 26' in err
+    assert '12 to 25 minutes' in err and 'lesson 26' in err
     assert not (no_data/'bags.png').exists()
     assert [p.name for p in (no_data/'data').rglob('*')] == ['models']   # nothing trained or saved
 
@@ -387,7 +398,7 @@ def test_a_broken_pipeline_exits_1_naming_the_file(data, capsys):
     assert e.value.code == 1 and 'vae.safetensors is missing' in capsys.readouterr().err
 
 def test_images_that_are_not_finite_exit_1(data, capsys):
-    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], guidance=1e30, steps=2, out='g.png')
+    with pytest.raises(SystemExit) as e: generate_cli(['a bag'], guidance=1e30, steps=8, out='g.png')   # 8 levels: the middle three guided
     assert e.value.code == 1 and 'not finite' in capsys.readouterr().err and not (data/'g.png').exists()
 
 def test_image_grid_errors():
@@ -413,9 +424,12 @@ def test_guidance_one_runs_the_unet_once_per_step(pipe):
     try:
         pipe(['a bag'] * 3, num_inference_steps=4, generator=g(0), guidance_scale=1.)
         one = sizes[:]; sizes.clear()
-        pipe(['a bag'] * 3, num_inference_steps=4, generator=g(0), guidance_scale=2.)
+        pipe(['a bag'] * 3, num_inference_steps=4, generator=g(0), guidance_scale=2., guidance_interval=(0., math.inf))
+        every = sizes[:]; sizes.clear()
+        pipe(['a bag'] * 3, num_inference_steps=8, generator=g(0), guidance_scale=2.)   # the default interval
     finally: hook.remove()
-    assert set(one) == {3} and set(sizes) == {6} and len(one) == len(sizes)
+    assert set(one) == {3} and set(every) == {6} and len(one) == len(every)
+    assert sizes == [3] * 3 + [6] * 3 + [3] * 2   # 8 levels: the middle three (sigma 5.97, 1.92, 0.49) guided
 
 def test_image_size_follows_the_argument(pipe):
     assert pipe('a bag', num_inference_steps=2, generator=g(0), image_size=16).shape == (1, 1, 16, 16)
