@@ -70,7 +70,8 @@ def _ddim_loop(model, x, times, abars, eta, generator, clip, batch_size):
         for i, (t, ab) in enumerate(zip(times, abars)):
             abar_prev = abars[i + 1] if i + 1 < len(abars) else abars.new_tensor(1.)
             eps = torch.cat([model(xb, t.expand(len(xb))) for xb in x.split(batch_size)])
-            noise = torch.randn(x.shape, generator=generator).to(x.device) if eta > 0 and i + 1 < len(abars) else None
+            fresh = eta > 0 and i + 1 < len(abars)
+            noise = torch.randn(x.shape, generator=generator).to(x.device) if fresh else None
             x, _ = ddim_step(x, eps, ab, abar_prev, eta, noise, clip)
     finally:
         if was_training: model.train()
@@ -133,7 +134,7 @@ def continuous_abar_inv(abar:torch.Tensor|float, # alpha-bar values in [0, 1]
 
 # %% ../nbs/19_ddim.ipynb #b7cf6a78
 def noisify_continuous(x0:torch.Tensor, # clean images [batch, ...]
-                       generator:torch.Generator|None=None, # source of the times and noise (None: PyTorch's global one)
+                       generator:torch.Generator|None=None, # source of the times and noise (None: the global one)
                        t_max:float=0.999, # times are clamped here: at t=1 nothing of the image is left
                       )->tuple:
     ("A random time `t ~ U[0, 1)` per image, clamped at `t_max`, and "
@@ -150,7 +151,7 @@ T_SCALE = 1000.   # the model is told T_SCALE * t: times on the scale of lesson 
 class ContinuousDDPMCB(DDPMCB):
     "`DDPMCB` for continuous time: batches `(x_t, t_scale * t, eps)` from `noisify_continuous`."
     def __init__(self,
-                 generator:torch.Generator|None=None, # source of the times and noise (None: PyTorch's global one)
+                 generator:torch.Generator|None=None, # source of the times and noise (None: the global one)
                  t_scale:float=T_SCALE, # what the model is told is `t_scale * t`
                 ): self.generator, self.t_scale = generator, t_scale
     def before_batch(self, learn):
@@ -175,7 +176,7 @@ def trained_continuous(verbose:bool=True, # say where the model came from
 # %% ../nbs/19_ddim.ipynb #8ac0ecf8
 def continuous_timesteps(steps:int, # how many model calls
                         )->torch.Tensor:
-    "The course's `steps` times for sampling in continuous time: evenly spaced from `1 - 1/steps` down to 0 (float64)."
+    "The course's `steps` times to sample at: evenly spaced from `1 - 1/steps` down to 0 (float64)."
     if isinstance(steps, bool) or not isinstance(steps, int): raise TypeError(f'steps must be an int, got {steps!r}')
     if steps < 2: raise ValueError(f'steps must be at least 2 (the call at t=0 makes no jump), got {steps}')
     return torch.linspace(1 - 1 / steps, 0, steps, dtype=torch.float64)
@@ -187,7 +188,7 @@ def ddim_sample_continuous(model:nn.Module, # predicts the noise: `model(x_t, t_
                            eta:float=0., # 0: deterministic DDIM; 1: DDPM's posterior variance at every jump
                            size:int=32, # height and width of the images
                            generator:torch.Generator|None=None, # draws the starting and fresh noise on the CPU
-                           x_T:torch.Tensor|None=None, # starting noise [n, channels, size, size] instead of drawing it
+                           x_T:torch.Tensor|None=None, # the starting noise [n, channels, size, size] (default: drawn)
                            clip:bool=True, # clamp each estimate of the clean image to [-1, 1]
                            channels:int=1, # channels of the images
                            batch_size:int=256, # images per model call

@@ -194,11 +194,13 @@ def test_continuous_abar_inverse(t):
 @given(st.floats(0, 1), st.floats(0, 1))
 def test_continuous_abar_decreases(a, b):
     lo, hi = sorted((a, b))
-    assert continuous_abar(torch.tensor(lo, dtype=torch.float64)) >= continuous_abar(torch.tensor(hi, dtype=torch.float64))
+    lo, hi = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+    assert continuous_abar(lo) >= continuous_abar(hi)
 
 @given(st.integers(2, 2000), st.floats(0, 0.05))
 def test_cosine_abar_is_the_shifted_continuous_one(T_, s):
-    "cosine_abar at step i is abar((i/T + s)/(1 + s)) / abar(s/(1 + s)) until beta's clipping acts; unshifted within pi/2 s/(1+s)."
+    ("cosine_abar at step i is abar((i/T + s)/(1 + s)) / abar(s/(1 + s)) until beta's clipping acts; "
+     "without the shift it is within pi/2 s/(1+s).")
     u = torch.arange(1, T_ + 1, dtype=torch.float64) / T_
     ref = continuous_abar((u + s) / (1 + s)) / continuous_abar(torch.tensor(s / (1 + s), dtype=torch.float64))
     betas = 1 - ref / torch.cat([torch.ones(1, dtype=torch.float64), ref[:-1]])
@@ -233,7 +235,8 @@ class ContinuousOneImageOracle(nn.Module):
 def test_continuous_oracle_recovers_the_image(steps, eta, seed):
     x0 = fixed_image(seed=seed % 7)
     oracle = ContinuousOneImageOracle(x0)
-    imgs = ddim_sample_continuous(oracle, 2, steps, eta=eta, size=8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    imgs = ddim_sample_continuous(oracle, 2, steps, eta=eta, size=8, generator=g)
     torch.testing.assert_close(imgs, x0.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
     told = torch.stack([c[0] for c in oracle.calls]).double()
     torch.testing.assert_close(told, (continuous_timesteps(steps) * T_SCALE).float().double())
