@@ -69,12 +69,13 @@ def train_ddpm(model:nn.Module, # the noise predictor, e.g. `UNet()`
                lr:float=2e-3, # the one cycle's peak learning rate
                abar:torch.Tensor|None=None, # alpha-bar of the schedule (default: the linear one's)
                cbs:list=(), # extra callbacks, e.g. `ProgressCB()`
+               noisify_cb:Callback|None=None, # makes the `(x_t, t, eps)` batches (default: `DDPMCB(abar)`)
               )->Learner:
     ("Lesson 17's recipe: train `model` to predict the noise of `noisify`d batches "
      "(AdamW, one cycle, channels-last) and return the `Learner`.")
     abar = abar_from_betas(linear_betas()) if abar is None else abar
     learn = Learner(model, dls, F.mse_loss, lr=lr, opt_func=partial(torch.optim.AdamW, eps=1e-5),
-                    cbs=[DeviceCB(), DDPMCB(abar), ChannelsLastCB(), TrainCB(n_inp=2), MetricsCB(),
+                    cbs=[DeviceCB(), noisify_cb or DDPMCB(abar), ChannelsLastCB(), TrainCB(n_inp=2), MetricsCB(),
                          OneCycleCB(lr), *cbs])
     learn.fit(epochs)
     return learn

@@ -179,3 +179,74 @@ def test_slerp(w, seed):
     na, nb, nw = (x.flatten(1).norm(dim=1) for x in (a, b, slerp(a, b, w)))
     assert ((nw >= torch.minimum(na, nb) * 0.999) & (nw <= torch.maximum(na, nb) * 1.001)).all()  # no shrinking in the middle
     torch.testing.assert_close(slerp(a, a, w), a)  # parallel: stays put
+
+# Continuous time (the course's 22_cosine): abar(t) = cos(t pi/2)^2, DDIM at the times 1 - 1/k, ..., 0.
+from miniai.ddpm import cosine_abar
+from miniai.samplers import (continuous_abar, continuous_abar_inv, noisify_continuous, ContinuousDDPMCB,
+                             continuous_timesteps, ddim_sample_continuous, T_SCALE)
+
+@given(st.floats(0, 1))
+def test_continuous_abar_inverse(t):
+    t64 = torch.tensor(t, dtype=torch.float64)
+    assert abs(continuous_abar_inv(continuous_abar(t64)).item() - t) < 1e-7
+    assert 0 <= continuous_abar(t64).item() <= 1
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_continuous_abar_decreases(a, b):
+    lo, hi = sorted((a, b))
+    lo, hi = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+    assert continuous_abar(lo) >= continuous_abar(hi)
+
+@given(st.integers(2, 2000), st.floats(0, 0.05))
+def test_cosine_abar_is_the_shifted_continuous_one(T_, s):
+    ("cosine_abar at step i is abar((i/T + s)/(1 + s)) / abar(s/(1 + s)) until beta's clipping acts; "
+     "without the shift it is within pi/2 s/(1+s).")
+    u = torch.arange(1, T_ + 1, dtype=torch.float64) / T_
+    ref = continuous_abar((u + s) / (1 + s)) / continuous_abar(torch.tensor(s / (1 + s), dtype=torch.float64))
+    betas = 1 - ref / torch.cat([torch.ones(1, dtype=torch.float64), ref[:-1]])
+    keep = int((betas < 0.999).long().cumprod(0).sum())   # the steps before the first clipped beta
+    got = cosine_abar(T_, s).double()
+    assert (got[:keep] - ref[:keep]).abs().max() < 1e-6
+    assert (got[:keep] - continuous_abar(u[:keep])).abs().max() <= torch.pi / 2 * s / (1 + s) + 1e-6
+
+def test_noisify_continuous_times_and_formula():
+    x0 = fixed_image()
+    (xt, t), eps = noisify_continuous(x0.expand(5000, -1, -1, -1), torch.Generator().manual_seed(0))
+    assert 0 <= t.min() and t.max() <= 0.999 and abs(t.mean().item() - 0.5) < 0.02
+    ab = continuous_abar(t)[:, None, None, None]
+    torch.testing.assert_close(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+
+def test_continuous_cb_scales_the_time():
+    class B: batch = (fixed_image().expand(3, -1, -1, -1), None)
+    ContinuousDDPMCB(torch.Generator().manual_seed(1)).before_batch(B)
+    (_, t), _ = noisify_continuous(B.batch[0], torch.Generator().manual_seed(1))
+    torch.testing.assert_close(B.batch[1], T_SCALE * t)
+
+class ContinuousOneImageOracle(nn.Module):
+    "The ideal noise predictor for one image, told `T_SCALE * t`; records the times it is told."
+    def __init__(self, x0): super().__init__(); self.x0, self.calls = x0, []
+    def forward(self, x, t):
+        self.calls.append(t.clone())
+        a = continuous_abar(t / T_SCALE)[:, None, None, None]
+        return (x - a.sqrt() * self.x0) / (1 - a).clamp_min(1e-12).sqrt()
+
+@settings(deadline=None, max_examples=25)
+@given(st.integers(2, 200), st.floats(0, 1), st.integers(0, 2**31 - 1))
+def test_continuous_oracle_recovers_the_image(steps, eta, seed):
+    x0 = fixed_image(seed=seed % 7)
+    oracle = ContinuousOneImageOracle(x0)
+    g = torch.Generator().manual_seed(seed)
+    imgs = ddim_sample_continuous(oracle, 2, steps, eta=eta, size=8, generator=g)
+    torch.testing.assert_close(imgs, x0.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
+    told = torch.stack([c[0] for c in oracle.calls]).double()
+    torch.testing.assert_close(told, (continuous_timesteps(steps) * T_SCALE).float().double())
+
+@pytest.mark.parametrize('steps', [2, 3, 10, 100])
+def test_continuous_times(steps):
+    ts = continuous_timesteps(steps)
+    assert len(ts) == steps and ts[0] == 1 - 1 / steps and ts[-1] == 0
+    torch.testing.assert_close(ts.diff(), torch.full((steps - 1,), -1 / steps, dtype=torch.float64))
+
+@pytest.mark.parametrize('steps,exc,msg', [(1, ValueError, 'at least 2'), (2.5, TypeError, 'must be an int')])
+def test_continuous_times_bad(steps, exc, msg):
+    with pytest.raises(exc, match=msg): continuous_timesteps(steps)
