@@ -266,8 +266,10 @@ class _StepTimer(Callback):
         "Median seconds per step, leaving out the first `skip` (warm-up)."
         return statistics.median(b - a for a, b in zip(self.ends[skip:-1], self.ends[skip + 1:]))
 
+# %% ../nbs/26_text_to_image.ipynb #f841ce77
 def _train_rows(n_steps:int, n_train:int)->list:
-    "Rows of the training half of `text_to_image_speed_table`: each model's default recipe, timed for `n_steps` steps."
+    ("Rows of the training half of `text_to_image_speed_table`: each model's default recipe, "
+     "timed for `n_steps` steps.")
     from miniai.fashion import load_fashion
     from miniai.datasets import fashion32_dls
     from miniai.vae import train_vae
@@ -275,26 +277,32 @@ def _train_rows(n_steps:int, n_train:int)->list:
     from miniai.text import caption_tokenizer
     from miniai.cond_unet import train_cond_unet, latent_dls
     (x, y), _ = load_fashion(verbose=False)
-    tok, thr, n = caption_tokenizer(), fashion_thresholds(), (n_steps + 1) * 128   # images enough for the steps
+    tok, thr = caption_tokenizer(), fashion_thresholds()
+    n = (n_steps + 1) * 128   # images enough for the steps
     clip = CLIPModel(len(tok), tok.max_len)
-    fits = {'VAE (lesson 21)': (64, 3, False, lambda t: train_vae(VAE(), fashion32_dls(64, n_train=n, verbose=False), cbs=[t])),
-            'CLIP (lesson 24)': (128, 2, False, lambda t: train_clip(CLIPModel(len(tok), tok.max_len),
-                                                              fashion32_dls(128, n_train=n, verbose=False), tok, thr, cbs=[t])),
-            'U-Net (lesson 25)': (128, 3, True, lambda t: train_cond_unet(
-                CondUNet(d_context=clip.config['d_model'], d_pooled=clip.config['d_emb']),
-                latent_dls(torch.randn(n, 4, 8, 8), 128), clip, tok, FashionCaptions(x[:n], y[:n], thr, p_omit=0.5), cbs=[t]))}
+    def images(bs): return fashion32_dls(bs, n_train=n, verbose=False)
+    def unet(): return CondUNet(d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
+    captions = FashionCaptions(x[:n], y[:n], thr, p_omit=0.5)
+    # name: (batch size, epochs, whether the loader drops the last partial batch, a fit stopped by the timer `t`)
+    fits = {'VAE (lesson 21)': (64, 3, False, lambda t: train_vae(VAE(), images(64), cbs=[t])),
+            'CLIP (lesson 24)': (128, 2, False, lambda t: train_clip(CLIPModel(len(tok), tok.max_len), images(128),
+                                                                     tok, thr, cbs=[t])),
+            'U-Net (lesson 25)': (128, 3, True, lambda t: train_cond_unet(unet(), latent_dls(torch.randn(n, 4, 8, 8), 128),
+                                                                          clip, tok, captions, cbs=[t]))}
     rows, total = [], 0.
     for name, (bs, epochs, drop_last, fit) in fits.items():
         fit(timer := _StepTimer(n_steps))
-        steps = epochs * (n_train // bs if drop_last else math.ceil(n_train / bs))   # the U-Net's loader drops the last
+        steps = epochs * (n_train // bs if drop_last else math.ceil(n_train / bs))
         total += (minutes := timer.seconds() * steps / 60)
         rows.append([name, bs, epochs, f'{steps:,}', f'{timer.seconds():.3f}', f'{minutes:.1f}'])
     return rows + [['all three', '', '', '', '', f'{total:.1f}']]
 
+# %% ../nbs/26_text_to_image.ipynb #822b5437
 _AVX2_ONLY = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')   # oneDNN limits with no bfloat16 instructions
 
 def _native_bf16()->bool:
-    "`bf16_supported()`, unless oneDNN is told to use no more than AVX2 (`ONEDNN_MAX_CPU_ISA`, to time a CPU without it)."
+    ("`bf16_supported()`, unless oneDNN is told to use no more than AVX2 "
+     "(`ONEDNN_MAX_CPU_ISA`, to time a CPU without it).")
     from miniai.accel import bf16_supported
     return bf16_supported() and os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() not in _AVX2_ONLY
 
@@ -314,18 +322,21 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     pipe = TextToImagePipeline(VAE(), clip, tok, CondKarrasDenoiser(unet, 1.), 1.)   # random weights: speed only
     prompts = (class_prompts() * n_images)[:n_images]
     def run(kw, bf16):
-        with torch.autocast('cpu', torch.bfloat16, enabled=bf16): pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
+        with torch.autocast('cpu', torch.bfloat16, enabled=bf16):
+            pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
     timed = {name: partial(run, kw, bf16) for name, (kw, bf16) in variants.items() if not bf16 or _native_bf16()}
     secs = time_interleaved(timed, repeats=repeats)
     defaults = {k: p.default for k, p in inspect.signature(TextToImagePipeline.__call__).parameters.items()}
     def passes(kw): return _passes(*(kw.get(k, defaults[k]) for k in ('num_inference_steps', 'guidance_interval')))
-    return [[name, passes(kw), f'{secs[name] / n_images * 1e3:.1f}' if name in secs else 'not native here: not timed']
-            for name, (kw, bf16) in variants.items()]
+    def ms(name): return f'{secs[name] / n_images * 1e3:.1f}' if name in secs else 'not native here: not timed'
+    return [[name, passes(kw), ms(name)] for name, (kw, bf16) in variants.items()]
 
+# %% ../nbs/26_text_to_image.ipynb #0730ef5c
 # what the speed table times: name -> (pipeline keyword arguments, bfloat16 autocast)
 SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False),
                   'guided at every one of 8 levels': (dict(guidance_interval=(0., math.inf)), False),
-                  'guided at every one of 10 levels': (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False),
+                  'guided at every one of 10 levels':
+                      (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False),
                   'the default in bfloat16 (autocast)': (dict(), True)}
 
 def text_to_image_speed_table(n_steps:int=12, # training steps timed per model (the first 2 are warm-up)
