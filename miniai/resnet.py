@@ -131,7 +131,8 @@ def summary(model:nn.Module, # the model
 
 # %% ../nbs/13_resnet.ipynb #382e304f
 class PlainLogits(nn.Module):
-    "Wraps a model whose forward returns an object with `.logits` (as Hugging Face's do) to return that tensor."
+    ("Wraps a model whose forward returns an object with `.logits` (as Hugging Face's do) "
+     "to return that tensor.")
     def __init__(self, model:nn.Module): # the wrapped model, kept as `.model`
         super().__init__()
         self.model = model

@@ -1,4 +1,5 @@
-"ResBlock and ResNet shapes over sizes, strides and channel changes; the identity path is the identity; summary's counts against closed forms; PlainLogits around a stand-in and around transformers' ResNet-18."
+("ResBlock and ResNet shapes over sizes, strides and channel changes; the identity path is the identity; "
+ "summary's counts against closed forms; PlainLogits around a stand-in and around transformers' ResNet-18.")
 import math
 import pytest, torch
 from torch import nn
@@ -144,6 +145,7 @@ def test_plain_logits_around_transformers_resnet18():
     model = PlainLogits(transformers.ResNetForImageClassification(cfg)).eval()
     with torch.no_grad(): out = model(torch.randn(3, 1, 28, 28))
     assert isinstance(out, torch.Tensor) and out.shape == (3, 10)
-    # torchvision's resnet18: 11,689,512 parameters for 3 channels and 1,000 classes; ours has a 1-channel stem, 10 classes
+    # torchvision's resnet18: 11,689,512 parameters for 3 channels and 1,000 classes;
+    # this one has a 1-channel stem and 10 classes
     n = sum(p.numel() for p in model.parameters())
     assert n == 11_689_512 - 2 * 64 * 7 * 7 - (512 * 1000 + 1000) + (512 * 10 + 10) == 11_175_370
