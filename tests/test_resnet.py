@@ -1,10 +1,12 @@
-"ResBlock and ResNet shapes over sizes, strides and channel changes; the identity path is the identity; summary's counts against closed forms."
+("ResBlock and ResNet shapes over sizes, strides and channel changes; the identity path is the identity; "
+ "summary's counts against closed forms; PlainLogits around a stand-in and around transformers' ResNet-18.")
 import math
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
-from miniai.resnet import ResBlock, ResNet, layer_flops, summary, ModelSummary
+from types import SimpleNamespace
+from miniai.resnet import ResBlock, ResNet, layer_flops, summary, ModelSummary, PlainLogits
 
 def out_size(n, stride): return (n - 1) // stride + 1   # a 3x3 convolution with padding 1, as the block computes it
 
@@ -119,3 +121,31 @@ def test_summary_shape_input_and_training_mode_restored():
     assert s[0]['input'] == (2, 1, 28, 28)
     assert model.training
     with pytest.raises(ValueError, match='no layers'): summary(nn.Linear(2, 2), (1, 2))
+
+class WithLogits(nn.Module):
+    "A stand-in for a Hugging Face model: its output comes back inside an object, as `.logits`."
+    def __init__(self, ni, no): super().__init__(); self.lin = nn.Linear(ni, no)
+    def forward(self, x): return SimpleNamespace(logits=self.lin(x), hidden_states=None)
+
+@settings(max_examples=10)
+@given(n=st.integers(1, 5), ni=st.integers(1, 6), no=st.integers(1, 6))
+def test_plain_logits_returns_the_tensor(n, ni, no):
+    model = PlainLogits(WithLogits(ni, no))
+    x = torch.randn(n, ni)
+    with torch.no_grad(): torch.testing.assert_close(model(x), model.model.lin(x))
+    assert sum(p.numel() for p in model.parameters()) == ni * no + no
+    loss = F.cross_entropy(model(x), torch.zeros(n, dtype=torch.long))   # a tensor our Learner can use
+    loss.backward()
+    assert model.model.lin.weight.grad is not None
+
+def test_plain_logits_around_transformers_resnet18():
+    transformers = pytest.importorskip('transformers')
+    cfg = transformers.ResNetConfig(num_channels=1, layer_type='basic', depths=[2, 2, 2, 2],
+                                    hidden_sizes=[64, 128, 256, 512], num_labels=10)
+    model = PlainLogits(transformers.ResNetForImageClassification(cfg)).eval()
+    with torch.no_grad(): out = model(torch.randn(3, 1, 28, 28))
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 10)
+    # torchvision's resnet18: 11,689,512 parameters for 3 channels and 1,000 classes;
+    # this one has a 1-channel stem and 10 classes
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 11_689_512 - 2 * 64 * 7 * 7 - (512 * 1000 + 1000) + (512 * 10 + 10) == 11_175_370
