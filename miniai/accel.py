@@ -6,7 +6,7 @@
 __all__ = ['cpu_flags', 'bf16_supported', 'MixedPrecisionCB', 'ChannelsLastCB', 'CompileCB', 'train_speed', 'train_speed_table']
 
 # %% ../nbs/13b_speed.ipynb #bd5385ec
-import re, time
+import os, re, time
 from functools import partial
 from pathlib import Path
 import torch
@@ -17,6 +17,8 @@ from .datasets import DataLoaders
 
 # %% ../nbs/13b_speed.ipynb #faaccd7a
 _BF16_FLAGS = {'avx512_bf16', 'amx_bf16', 'bf16'}   # x86 AVX-512 BF16 and AMX tiles; Arm's `bf16` feature
+# `ONEDNN_MAX_CPU_ISA` limits below any bfloat16 instructions (set to time a CPU without them)
+_NO_BF16_ISAS = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')
 
 def cpu_flags(path:str|Path='/proc/cpuinfo', # where Linux lists the processor's features
              )->set:
@@ -31,10 +33,11 @@ def bf16_supported(device:str|torch.device='cpu', # the device that would run th
                    flags:set|None=None, # the CPU's flags (default: `cpu_flags()`)
                   )->bool:
     ("Whether `device` multiplies bfloat16 natively: `avx512_bf16`/`amx_bf16` (x86) or `bf16` (Arm) on a "
-     "CPU, `torch.cuda.is_bf16_supported()` on CUDA.")
+     "CPU, unless `ONEDNN_MAX_CPU_ISA` keeps oneDNN below them; `torch.cuda.is_bf16_supported()` on CUDA.")
     device = torch.device(device)
     if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != 'cpu': return False
+    if os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in _NO_BF16_ISAS: return False
     flags = cpu_flags() if flags is None else flags
     return bool(flags & _BF16_FLAGS) or torch.backends.cpu.get_cpu_capability() in ('AVX512_BF16', 'AMX')
 

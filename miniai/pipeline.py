@@ -298,14 +298,6 @@ def _train_rows(n_steps:int, n_train:int)->list:
     return rows + [['all three', '', '', '', '', f'{total:.1f}']]
 
 # %% ../nbs/26_text_to_image.ipynb #822b5437
-_AVX2_ONLY = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')   # oneDNN limits with no bfloat16 instructions
-
-def _native_bf16()->bool:
-    ("`bf16_supported()`, unless oneDNN is told to use no more than AVX2 "
-     "(`ONEDNN_MAX_CPU_ISA`, to time a CPU without it).")
-    from miniai.accel import bf16_supported
-    return bf16_supported() and os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() not in _AVX2_ONLY
-
 def _passes(steps:int, interval:tuple, scale:float=2.)->int:
     "U-Net passes per image of a guided DPM-Solver++(2M) run: two at each guided level, one at the others."
     sigmas = sigmas_karras(steps, TextToImagePipeline.sigma_min, TextToImagePipeline.sigma_max)[:-1].tolist()
@@ -316,6 +308,7 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     from miniai.text import caption_tokenizer
     from miniai.clip import class_prompts
     from miniai.timing import time_interleaved
+    from miniai.accel import bf16_supported
     tok = caption_tokenizer()
     clip = CLIPModel(len(tok), tok.max_len)
     unet = CondUNet(d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
@@ -324,7 +317,7 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     def run(kw, bf16):
         with torch.autocast('cpu', torch.bfloat16, enabled=bf16):
             pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
-    timed = {name: partial(run, kw, bf16) for name, (kw, bf16) in variants.items() if not bf16 or _native_bf16()}
+    timed = {name: partial(run, kw, bf16) for name, (kw, bf16) in variants.items() if not bf16 or bf16_supported()}
     secs = time_interleaved(timed, repeats=repeats)
     defaults = {k: p.default for k, p in inspect.signature(TextToImagePipeline.__call__).parameters.items()}
     def passes(kw): return _passes(*(kw.get(k, defaults[k]) for k in ('num_inference_steps', 'guidance_interval')))
@@ -347,9 +340,10 @@ def text_to_image_speed_table(n_steps:int=12, # training steps timed per model (
                              )->str:
     ("Two tables for this machine: seconds per training step of lessons 21, 24 and 25's models and the minutes "
      "their default recipes would take; milliseconds per guided image at the pipeline's default settings and dearer ones.")
+    from miniai.accel import bf16_supported
     isa = os.environ.get('ONEDNN_MAX_CPU_ISA')
     where = (f'PyTorch kernels {torch.backends.cpu.get_cpu_capability()}' + (f', oneDNN up to {isa}' if isa else '')
-             + f', native bfloat16: {"yes" if _native_bf16() else "no"}, {torch.get_num_threads()} threads')
+             + f', native bfloat16: {"yes" if bf16_supported() else "no"}, {torch.get_num_threads()} threads')
     train = format_table(f'Training the text-to-image models on {n_train:,} images ({where})',
                          ['model', 'batch', 'epochs', 'steps', 's / step', 'minutes'], _train_rows(n_steps, n_train))
     sample = format_table(f'Sampling {n_images} guided images at a time, random weights ({where})',

@@ -151,3 +151,9 @@ def test_compile_cb_validates_in_eval_mode_whatever_the_wrapper_does(monkeypatch
     monkeypatch.setattr(torch, 'compile', lambda model, **kw: _Wrapper(model))
     learn, _ = fit([CompileCB()], epochs=1)   # validation would call backward under no_grad, and fail
     assert not learn.model.training
+
+@pytest.mark.parametrize('isa, native', [('AVX2', False), ('avx2', False), ('AVX', False), ('AVX512_CORE_BF16', True), ('', True)])
+def test_bf16_supported_respects_a_onednn_limit(monkeypatch, isa, native):
+    "oneDNN told to stop at AVX2 (`ONEDNN_MAX_CPU_ISA`, how a CPU without AVX-512 is timed) runs no bfloat16 natively."
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
+    assert bf16_supported('cpu', flags={'avx2', 'avx512_bf16'}) is native
