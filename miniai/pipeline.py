@@ -9,7 +9,7 @@ __all__ = ['PIPELINE_FORMAT', 'PIPELINE_FILES', 'MAX_IMAGES', 'GUIDANCE_INTERVAL
            'decoded_thresholds', 'image_grid', 'generate_cli']
 
 # %% ../nbs/26_text_to_image.ipynb #78477147
-import inspect, io, json, math, numbers, os, statistics, sys, time
+import inspect, io, json, math, numbers, os, sys
 from functools import partial
 from pathlib import Path
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 from fastcore.script import call_parse, Param
 from fastcore.basics import patch
 from .download import atomic_write
-from .learner import Callback, CancelFitException
+from .karras import StepTimer
 from .tables import format_table
 from .store import atomic_folder, file_lock, load_weights, models_dir, restore_folder, save_weights
 from .text import (SPECIAL_TOKENS, Tokenizer, FashionCaptions, check_prompts, split_words, pixel_measures,
@@ -253,19 +253,6 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
         if verbose: print(f'assembled and saved in {folder.name}')
         return pipe
 
-# %% ../nbs/26_text_to_image.ipynb #8b2f03f9
-class _StepTimer(Callback):
-    "Times each training batch, and ends the fit after `n` of them."
-    order = 100   # after every other callback of the batch
-    def __init__(self, n:int): self.n, self.ends = n, []
-    def before_fit(self, learn): self.ends = [time.perf_counter()]
-    def after_batch(self, learn):
-        self.ends.append(time.perf_counter())
-        if len(self.ends) > self.n: raise CancelFitException()
-    def seconds(self, skip:int=2)->float:
-        "Median seconds per step, leaving out the first `skip` (warm-up)."
-        return statistics.median(b - a for a, b in zip(self.ends[skip:-1], self.ends[skip + 1:]))
-
 # %% ../nbs/26_text_to_image.ipynb #f841ce77
 def _train_rows(n_steps:int, n_train:int)->list:
     ("Rows of the training half of `text_to_image_speed_table`: each model's default recipe, "
@@ -291,7 +278,7 @@ def _train_rows(n_steps:int, n_train:int)->list:
                                                                           clip, tok, captions, cbs=[t]))}
     rows, total = [], 0.
     for name, (bs, epochs, drop_last, fit) in fits.items():
-        fit(timer := _StepTimer(n_steps))
+        fit(timer := StepTimer(n_steps))
         steps = epochs * (n_train // bs if drop_last else math.ceil(n_train / bs))
         total += (minutes := timer.seconds() * steps / 60)
         rows.append([name, bs, epochs, f'{steps:,}', f'{timer.seconds():.3f}', f'{minutes:.1f}'])
