@@ -91,34 +91,40 @@ class HooksCallback(Callback):
 def append_stats(hook, mod, inp, out,
                  bins:int=40, # histogram bins
                  max_act:float=10., # the histogram covers absolute activations from 0 to `max_act`
+                 small:float=0.01, # near zero: within `small` standard deviations (of the batch's `out`) of 0
                 ):
-    "Record on `hook` the mean, standard deviation and a histogram of the absolute values of `out`."
-    if not hasattr(hook, 'stats'): hook.stats = {'mean': [], 'std': [], 'hist': []}
+    "Record on `hook` the mean, std, histogram of absolute values and share near zero of `out`."
+    if not hasattr(hook, 'stats'): hook.stats = {'mean': [], 'std': [], 'hist': [], 'near_zero': []}
     acts = out.detach().float().cpu()
+    std = acts.std()
     hook.stats['mean'].append(acts.mean().item())
-    hook.stats['std'].append(acts.std().item())
+    hook.stats['std'].append(std.item())
     hook.stats['hist'].append(acts.abs().histc(bins, 0, max_act))
+    hook.stats['near_zero'].append((acts.abs() <= small * std).float().mean().item())
+
 
 # %% ../nbs/10_activations.ipynb #43824628
 class ActivationStats(HooksCallback):
-    "Records each chosen layer's activation mean, std and histogram for every training batch; plots them after the fit."
+    ("Records each chosen layer's activation mean, std, histogram and near-zero share per training batch; "
+     "plots them.")
     def __init__(self,
                  mods:type|tuple|Callable|list|None=None, # which modules to watch (see `HooksCallback`)
                  bins:int=40, # histogram bins
                  max_act:float=10., # the histograms cover absolute activations from 0 to `max_act`
+                 small:float=0.01, # near zero: within `small` standard deviations (of a batch's output) of 0
                 ):
-        super().__init__(partial(append_stats, bins=bins, max_act=max_act), mods)
-        self.bins, self.max_act = bins, max_act
+        super().__init__(partial(append_stats, bins=bins, max_act=max_act, small=small), mods)
+        self.bins, self.max_act, self.small = bins, max_act, small
     def stat(self, name:str)->torch.Tensor:
-        "`'mean'` or `'std'` of every layer (rows) for every training batch (columns)."
+        "`'mean'`, `'std'` or `'near_zero'` of every layer (rows) for every training batch (columns)."
         return torch.tensor([h.stats[name] for h in self])
     def hists(self)->torch.Tensor:
         "Histogram counts: layers x bins x batches."
         return torch.stack([torch.stack(h.stats['hist'], 1) for h in self])
     def dead_fraction(self)->torch.Tensor:
-        "Share of each layer's activations (rows) in the first histogram bin, for every training batch (columns)."
-        h = self.hists()
-        return h[:, 0] / h.sum(1).clamp_min(1)
+        ("Share of each layer's activations (rows) within `small` standard deviations of 0, "
+         "for every training batch (columns).")
+        return self.stat('near_zero')
     def plot_stats(self, figsize=(10, 3)):
         "Means and standard deviations of every layer, batch by batch."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
@@ -129,7 +135,8 @@ class ActivationStats(HooksCallback):
         axs[1].legend(fontsize='small')
         return fig
     def color_dim(self, figsize=(11, 2.5)):
-        "Each layer's histograms over time as an image: batches across, activation size up, log counts as colour."
+        ("Each layer's histograms over time as an image: batches across, activation size up, "
+         "log counts as colour.")
         fig, axs = plt.subplots(1, len(self), figsize=figsize, squeeze=False)
         for i, (ax, h) in enumerate(zip(axs[0], self.hists())):
             ax.imshow(h.log1p(), origin='lower', aspect='auto', extent=(0, h.shape[1], 0, self.max_act))
@@ -139,10 +146,15 @@ class ActivationStats(HooksCallback):
 
 # %% ../nbs/10_activations.ipynb #82448dbd
 @patch
-def dead_chart(self:ActivationStats, figsize=(11, 2.5)):
-    "Each layer's share of near-zero activations, batch by batch."
-    fig, axs = plt.subplots(1, len(self), figsize=figsize, squeeze=False, sharey=True)
-    for i, (ax, d) in enumerate(zip(axs[0], self.dead_fraction())):
-        ax.plot(d); ax.set_ylim(0, 1.02); ax.set_title(f'layer {i}'); ax.set_xlabel('batch')
-    axs[0, 0].set_ylabel(f'share below {self.max_act / self.bins:g}')
+def dead_chart(self:ActivationStats,
+               layers:list|None=None, # indices of the layers to plot (None: all); leave out logits (no ReLU)
+               figsize=(11, 2.5)):
+    "Chosen layers' share of near-zero activations (see `dead_fraction`), batch by batch."
+    layers = range(len(self)) if layers is None else list(layers)
+    fig, axs = plt.subplots(1, len(layers), figsize=figsize, squeeze=False, sharey=True)
+    for ax, i in zip(axs[0], layers):
+        ax.plot(self.dead_fraction()[i]); ax.set_ylim(0, 1.02)
+        ax.set_title(f'layer {i}'); ax.set_xlabel('batch')
+    axs[0, 0].set_ylabel(f'share within {self.small:g} std of 0')
     return fig
+

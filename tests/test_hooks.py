@@ -2,7 +2,7 @@
 import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
-from miniai.hooks import ActivationStats, Hook, Hooks, HooksCallback
+from miniai.hooks import ActivationStats, Hook, Hooks, HooksCallback, append_stats
 from miniai.learner import Callback, TrainLearner
 
 def n_hooks(model): return sum(len(m._forward_hooks) for m in model.modules())
@@ -103,3 +103,16 @@ def test_dead_fraction_of_a_dead_layer():
     TrainLearner(model, Loaders(), lr=0.1, cbs=[stats]).fit(1)
     torch.testing.assert_close(stats.dead_fraction(), torch.ones(1, 3))
     torch.testing.assert_close(stats.stat('std'), torch.zeros(1, 3))
+
+@given(st.integers(-20, 20), st.floats(0.1, 0.9))
+@settings(max_examples=30)
+def test_near_zero_share_is_relative_to_the_std(log2_scale, p_zero):
+    "The near-zero share ignores scale (a power of two, so scaling is exact) and counts a ReLU's zeros, plus under 1%."
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(4096, generator=g).abs() * (torch.rand(4096, generator=g) > p_zero)
+    class H: pass
+    h = H()
+    for a in (acts, acts * 2. ** log2_scale): append_stats(h, None, None, a)
+    near, zeros = h.stats['near_zero'], (acts == 0).float().mean().item()
+    assert near[0] == near[1]
+    assert zeros <= near[0] < zeros + 0.01
