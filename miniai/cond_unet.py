@@ -340,6 +340,8 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       epochs:int=3, # passes over the latents, if it has to train
                       batch_size:int=128, # latents per batch, if it has to train
                       lr:float=2e-3, # peak learning rate, if it has to train
+                      # caption dropout rate, if it has to train (1: every caption dropped, an unconditional model)
+                      p_uncond:float=0.15,
                       folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
@@ -353,12 +355,13 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
         if captions is None: raise ValueError(f'no saved model in {Path(folder).name}, and no captions to train one with')
         sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
         learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr,
-                                sigma_data=sigma_data, generator=torch.Generator().manual_seed(1))
+                                p_uncond, sigma_data=sigma_data, generator=torch.Generator().manual_seed(1))
         return dict(sigma_data=sigma_data, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit,
-                    n_train=len(latents), steps=len(learn.log.losses), seconds=learn.log.seconds,
+                    p_uncond=p_uncond, n_train=len(latents), steps=len(learn.log.losses), seconds=learn.log.seconds,
                     losses=learn.log.losses)
     if folder is None:
         folder = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}'
+        if p_uncond != 0.15: folder = folder.with_name(f'{folder.name}_uncond{p_uncond:g}')   # the default's name as before
     config = dict(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
     model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose,
                                   expect=dict(latent_scale=scale, clip_digest=state_digest(clip)))

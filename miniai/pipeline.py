@@ -399,7 +399,7 @@ def image_grid(images:torch.Tensor, # [rows * cols, 1, H, W] in [0, 1], each row
 # %% ../nbs/26_text_to_image.ipynb #0a87e0ec
 GRID_MAX_PROMPTS, GRID_MAX_IMAGES = 16, 32   # rows, and images a row, one command may ask for
 MAX_STEPS = 1000   # noise levels one command may ask for
-TRAIN_HINT = ('train it once (12 to 25 minutes on a 2-core CPU) with '
+TRAIN_HINT = ('train it once (25 to 37 minutes on a 2-core CPU) with '
               '`python -c "from miniai.pipeline import trained_pipeline; trained_pipeline()"` run here, '
               'or run lesson 26 (nbs/26_text_to_image.ipynb) and set MINIAI_DATA to its data folder (nbs/data)')
 
