@@ -342,6 +342,7 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       lr:float=2e-3, # peak learning rate, if it has to train
                       # caption dropout rate, if it has to train (1: every caption dropped, an unconditional model)
                       p_uncond:float=0.15,
+                      nfs:tuple=(64, 128), # the U-Net's channels at each level (`CondUNet`'s `nfs`)
                       folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
@@ -361,8 +362,10 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                     losses=learn.log.losses)
     if folder is None:
         folder = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}'
-        if p_uncond != 0.15: folder = folder.with_name(f'{folder.name}_uncond{p_uncond:g}')   # the default's name as before
-    config = dict(d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
+        # the default model's name as before: only other settings are added to it
+        if p_uncond != 0.15: folder = folder.with_name(f'{folder.name}_uncond{p_uncond:g}')
+        if tuple(nfs) != (64, 128): folder = folder.with_name(f"{folder.name}_nfs{'-'.join(map(str, nfs))}")
+    config = dict(nfs=tuple(nfs), d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
     model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose,
                                   expect=dict(latent_scale=scale, clip_digest=state_digest(clip)))
     return CondKarrasDenoiser(model, record['sigma_data']), record
