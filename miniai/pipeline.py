@@ -254,9 +254,9 @@ def trained_pipeline(folder:str|Path|None=None, # the pipeline folder (default: 
         return pipe
 
 # %% ../nbs/26_text_to_image.ipynb #f841ce77
-def _train_rows(n_steps:int, n_train:int)->list:
+def _train_rows(n_steps:int, n_train:int, slim_nfs:tuple)->list:
     ("Rows of the training half of `text_to_image_speed_table`: each model's default recipe, "
-     "timed for `n_steps` steps.")
+     "timed for `n_steps` steps, and the U-Net's recipe once more for each of the channels in `slim_nfs`.")
     from miniai.fashion import load_fashion
     from miniai.datasets import fashion32_dls
     from miniai.vae import train_vae
@@ -268,21 +268,27 @@ def _train_rows(n_steps:int, n_train:int)->list:
     n = (n_steps + 1) * 128   # images enough for the steps
     clip = CLIPModel(len(tok), tok.max_len)
     def images(bs): return fashion32_dls(bs, n_train=n, verbose=False)
-    def unet(): return CondUNet(d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
     captions = FashionCaptions(x[:n], y[:n], thr, p_omit=0.5)
+    def unet_fit(nfs):
+        unet = lambda: CondUNet(nfs=nfs, d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
+        return lambda t: train_cond_unet(unet(), latent_dls(torch.randn(n, 4, 8, 8), 128), clip, tok, captions, cbs=[t])
+    slim = {f"U-Net of channels {', '.join(map(str, nfs))}": nfs for nfs in slim_nfs}
     # name: (batch size, epochs, whether the loader drops the last partial batch, a fit stopped by the timer `t`)
     fits = {'VAE (lesson 21)': (64, 3, False, lambda t: train_vae(VAE(), images(64), cbs=[t])),
             'CLIP (lesson 24)': (128, 2, False, lambda t: train_clip(CLIPModel(len(tok), tok.max_len), images(128),
                                                                      tok, thr, cbs=[t])),
-            'U-Net (lesson 25)': (128, 3, True, lambda t: train_cond_unet(unet(), latent_dls(torch.randn(n, 4, 8, 8), 128),
-                                                                          clip, tok, captions, cbs=[t]))}
-    rows, total = [], 0.
+            'U-Net (lesson 25)': (128, 3, True, unet_fit((64, 128))),
+            **{name: (128, 3, True, unet_fit(nfs)) for name, nfs in slim.items()}}
+    rows, minutes = [], {}
     for name, (bs, epochs, drop_last, fit) in fits.items():
         fit(timer := StepTimer(n_steps))
         steps = epochs * (n_train // bs if drop_last else math.ceil(n_train / bs))
-        total += (minutes := timer.seconds() * steps / 60)
-        rows.append([name, bs, epochs, f'{steps:,}', f'{timer.seconds():.3f}', f'{minutes:.1f}'])
-    return rows + [['all three', '', '', '', '', f'{total:.1f}']]
+        minutes[name] = timer.seconds() * steps / 60
+        rows.append([name, bs, epochs, f'{steps:,}', f'{timer.seconds():.3f}', f'{minutes[name]:.1f}'])
+    others = minutes['VAE (lesson 21)'] + minutes['CLIP (lesson 24)']
+    totals = {'all three': minutes['U-Net (lesson 25)'], **{f'all three, {name}': minutes[name] for name in slim}}
+    return rows + [[name, '', '', '', '', f'{others + unet:.1f}'] for name, unet in totals.items()]
+
 
 # %% ../nbs/26_text_to_image.ipynb #822b5437
 def _passes(steps:int, interval:tuple, scale:float=2.)->int:
@@ -298,45 +304,54 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     from miniai.accel import bf16_supported
     tok = caption_tokenizer()
     clip = CLIPModel(len(tok), tok.max_len)
-    unet = CondUNet(d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
-    pipe = TextToImagePipeline(VAE(), clip, tok, CondKarrasDenoiser(unet, 1.), 1.)   # random weights: speed only
+    pipes = {}   # one pipeline with random weights (speed only) for each U-Net's channels
+    for nfs in {tuple(nfs) for _, _, nfs in variants.values()}:
+        unet = CondUNet(nfs=nfs, d_context=clip.config['d_model'], d_pooled=clip.config['d_emb'])
+        pipes[nfs] = TextToImagePipeline(VAE(), clip, tok, CondKarrasDenoiser(unet, 1.), 1.)
     prompts = (class_prompts() * n_images)[:n_images]
-    def run(kw, bf16):
+    def run(kw, bf16, nfs):
         with torch.autocast('cpu', torch.bfloat16, enabled=bf16):
-            pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
-    timed = {name: partial(run, kw, bf16) for name, (kw, bf16) in variants.items() if not bf16 or bf16_supported()}
+            pipes[tuple(nfs)](prompts, generator=torch.Generator().manual_seed(0), **kw)
+    timed = {name: partial(run, *spec) for name, spec in variants.items() if not spec[1] or bf16_supported()}
     secs = time_interleaved(timed, repeats=repeats)
     defaults = {k: p.default for k, p in inspect.signature(TextToImagePipeline.__call__).parameters.items()}
     def passes(kw): return _passes(*(kw.get(k, defaults[k]) for k in ('num_inference_steps', 'guidance_interval')))
     def ms(name): return f'{secs[name] / n_images * 1e3:.1f}' if name in secs else 'not native here: not timed'
-    return [[name, passes(kw), ms(name)] for name, (kw, bf16) in variants.items()]
+    return [[name, ', '.join(map(str, nfs)), passes(kw), ms(name)] for name, (kw, bf16, nfs) in variants.items()]
+
 
 # %% ../nbs/26_text_to_image.ipynb #0730ef5c
-# what the speed table times: name -> (pipeline keyword arguments, bfloat16 autocast)
-SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False),
-                  'guided at every one of 8 levels': (dict(guidance_interval=(0., math.inf)), False),
+# what the speed table times: name -> (pipeline keyword arguments, bfloat16 autocast, the U-Net's channels)
+SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False, (64, 128)),
+                  'guided at every one of 8 levels': (dict(guidance_interval=(0., math.inf)), False, (64, 128)),
                   'guided at every one of 10 levels':
-                      (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False),
-                  'the default in bfloat16 (autocast)': (dict(), True)}
+                      (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False, (64, 128)),
+                  'the default in bfloat16 (autocast)': (dict(), True, (64, 128)),
+                  'the default, a slimmer U-Net': (dict(), False, (48, 96)),
+                  'the default, a slimmer U-Net still': (dict(), False, (32, 64))}
 
 def text_to_image_speed_table(n_steps:int=12, # training steps timed per model (the first 2 are warm-up)
                               n_images:int=100, # images per timed sampling run
                               repeats:int=3, # timed sampling rounds (interleaved); the median is shown
                               n_train:int=60_000, # training images the minutes are projected for
                               variants:dict|None=None, # sampling settings to time (default: `SPEED_VARIANTS`)
+                              slim_nfs:tuple=((48, 96), (32, 64)), # the channels of slimmer U-Nets, whose training is timed too
                              )->str:
-    ("Two tables for this machine: seconds per training step of lessons 21, 24 and 25's models and the minutes "
-     "their default recipes would take; milliseconds per guided image at the pipeline's default settings and dearer ones.")
+    ("Two tables for this machine: seconds per training step of lessons 21, 24 and 25's models (and of a slimmer U-Net) "
+     "and the minutes their default recipes would take; milliseconds per guided image at the pipeline's default settings "
+     "and others.")
     from miniai.accel import bf16_supported
     isa = os.environ.get('ONEDNN_MAX_CPU_ISA')
     where = (f'PyTorch kernels {torch.backends.cpu.get_cpu_capability()}' + (f', oneDNN up to {isa}' if isa else '')
              + f', native bfloat16: {"yes" if bf16_supported() else "no"}, {torch.get_num_threads()} threads')
     train = format_table(f'Training the text-to-image models on {n_train:,} images ({where})',
-                         ['model', 'batch', 'epochs', 'steps', 's / step', 'minutes'], _train_rows(n_steps, n_train))
+                         ['model', 'batch', 'epochs', 'steps', 's / step', 'minutes'],
+                         _train_rows(n_steps, n_train, slim_nfs))
     sample = format_table(f'Sampling {n_images} guided images at a time, random weights ({where})',
-                          ['settings', 'U-Net passes per image', 'ms per image'],
+                          ['settings', 'U-Net channels', 'U-Net passes per image', 'ms per image'],
                           _sample_rows(n_images, repeats, variants or SPEED_VARIANTS))
     return train + '\n\n' + sample
+
 
 # %% ../nbs/26_text_to_image.ipynb #e564a1f3
 def generated_measures(images:torch.Tensor, # [n, 1, 32, 32] in [0, 1], as the pipeline gives them (or VAE reconstructions mapped to [0, 1])
@@ -399,7 +414,7 @@ def image_grid(images:torch.Tensor, # [rows * cols, 1, H, W] in [0, 1], each row
 # %% ../nbs/26_text_to_image.ipynb #0a87e0ec
 GRID_MAX_PROMPTS, GRID_MAX_IMAGES = 16, 32   # rows, and images a row, one command may ask for
 MAX_STEPS = 1000   # noise levels one command may ask for
-TRAIN_HINT = ('train it once (25 to 37 minutes on a 2-core CPU) with '
+TRAIN_HINT = ('train it once (25 to 41 minutes on a 2-core CPU) with '
               '`python -c "from miniai.pipeline import trained_pipeline; trained_pipeline()"` run here, '
               'or run lesson 26 (nbs/26_text_to_image.ipynb) and set MINIAI_DATA to its data folder (nbs/data)')
 

@@ -327,7 +327,7 @@ def test_command_without_a_pipeline_says_how_to_train(no_data):
     assert status == 1 and out == ''
     assert len(err.strip().splitlines()) == 1, err   # one line
     assert 'no trained text-to-image pipeline in' in err and 'trained_pipeline()' in err
-    assert '25 to 37 minutes' in err and 'lesson 26' in err
+    assert '25 to 41 minutes' in err and 'lesson 26' in err
     assert not (no_data/'bags.png').exists()
     assert [p.name for p in (no_data/'data').rglob('*')] == ['models']   # nothing trained or saved
 
