@@ -289,7 +289,6 @@ def _train_rows(n_steps:int, n_train:int, slim_nfs:tuple)->list:
     totals = {'all three': minutes['U-Net (lesson 25)'], **{f'all three, {name}': minutes[name] for name in slim}}
     return rows + [[name, '', '', '', '', f'{others + unet:.1f}'] for name, unet in totals.items()]
 
-
 # %% ../nbs/26_text_to_image.ipynb #822b5437
 def _passes(steps:int, interval:tuple, scale:float=2.)->int:
     "U-Net passes per image of a guided DPM-Solver++(2M) run: two at each guided level, one at the others."
@@ -319,7 +318,6 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     def ms(name): return f'{secs[name] / n_images * 1e3:.1f}' if name in secs else 'not native here: not timed'
     return [[name, ', '.join(map(str, nfs)), passes(kw), ms(name)] for name, (kw, bf16, nfs) in variants.items()]
 
-
 # %% ../nbs/26_text_to_image.ipynb #0730ef5c
 # what the speed table times: name -> (pipeline keyword arguments, bfloat16 autocast, the U-Net's channels)
 SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False, (64, 128)),
@@ -335,9 +333,9 @@ def text_to_image_speed_table(n_steps:int=12, # training steps timed per model (
                               repeats:int=3, # timed sampling rounds (interleaved); the median is shown
                               n_train:int=60_000, # training images the minutes are projected for
                               variants:dict|None=None, # sampling settings to time (default: `SPEED_VARIANTS`)
-                              slim_nfs:tuple=((48, 96), (32, 64)), # the channels of slimmer U-Nets, whose training is timed too
+                              slim_nfs:tuple=((48, 96), (32, 64)), # slimmer U-Nets' channels: their training is timed too
                              )->str:
-    ("Two tables for this machine: seconds per training step of lessons 21, 24 and 25's models (and of a slimmer U-Net) "
+    ("Two tables for this machine: seconds per training step of lessons 21, 24 and 25's models (and of slimmer U-Nets) "
      "and the minutes their default recipes would take; milliseconds per guided image at the pipeline's default settings "
      "and others.")
     from miniai.accel import bf16_supported
@@ -351,7 +349,6 @@ def text_to_image_speed_table(n_steps:int=12, # training steps timed per model (
                           ['settings', 'U-Net channels', 'U-Net passes per image', 'ms per image'],
                           _sample_rows(n_images, repeats, variants or SPEED_VARIANTS))
     return train + '\n\n' + sample
-
 
 # %% ../nbs/26_text_to_image.ipynb #e564a1f3
 def generated_measures(images:torch.Tensor, # [n, 1, 32, 32] in [0, 1], as the pipeline gives them (or VAE reconstructions mapped to [0, 1])
