@@ -24,7 +24,7 @@ from .text import (SPECIAL_TOKENS, Tokenizer, FashionCaptions, check_prompts, sp
                          tercile_thresholds)
 from .vae import VAE
 from .clip import CLIPModel
-from .cond_unet import (CondUNet, CondKarrasDenoiser, GuidedDenoiser, decode_latents, encode_latents,
+from .cond_unet import (UNET_NFS, CondUNet, CondKarrasDenoiser, GuidedDenoiser, decode_latents, encode_latents,
                               noise_latents, text_condition)
 from .device import model_device
 from .samplers import sample_dpmpp_2m, sigmas_karras
@@ -277,7 +277,7 @@ def _train_rows(n_steps:int, n_train:int, slim_nfs:tuple)->list:
     fits = {'VAE (lesson 21)': (64, 3, False, lambda t: train_vae(VAE(), images(64), cbs=[t])),
             'CLIP (lesson 24)': (128, 2, False, lambda t: train_clip(CLIPModel(len(tok), tok.max_len), images(128),
                                                                      tok, thr, cbs=[t])),
-            'U-Net (lesson 25)': (128, 3, True, unet_fit((64, 128))),
+            'U-Net (lesson 25)': (128, 3, True, unet_fit(UNET_NFS)),
             **{name: (128, 3, True, unet_fit(nfs)) for name, nfs in slim.items()}}
     rows, minutes = [], {}
     for name, (bs, epochs, drop_last, fit) in fits.items():
@@ -311,7 +311,7 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
     def run(kw, bf16, nfs):
         with torch.autocast('cpu', torch.bfloat16, enabled=bf16):
             pipes[tuple(nfs)](prompts, generator=torch.Generator().manual_seed(0), **kw)
-    timed = {name: partial(run, *spec) for name, spec in variants.items() if not spec[1] or bf16_supported()}
+    timed = {name: partial(run, kw, bf16, nfs) for name, (kw, bf16, nfs) in variants.items() if not bf16 or bf16_supported()}
     secs = time_interleaved(timed, repeats=repeats)
     defaults = {k: p.default for k, p in inspect.signature(TextToImagePipeline.__call__).parameters.items()}
     def passes(kw): return _passes(*(kw.get(k, defaults[k]) for k in ('num_inference_steps', 'guidance_interval')))
@@ -320,11 +320,11 @@ def _sample_rows(n_images:int, repeats:int, variants:dict)->list:
 
 # %% ../nbs/26_text_to_image.ipynb #0730ef5c
 # what the speed table times: name -> (pipeline keyword arguments, bfloat16 autocast, the U-Net's channels)
-SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False, (64, 128)),
-                  'guided at every one of 8 levels': (dict(guidance_interval=(0., math.inf)), False, (64, 128)),
+SPEED_VARIANTS = {'the default: 8 levels, guided at the middle three': (dict(), False, UNET_NFS),
+                  'guided at every one of 8 levels': (dict(guidance_interval=(0., math.inf)), False, UNET_NFS),
                   'guided at every one of 10 levels':
-                      (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False, (64, 128)),
-                  'the default in bfloat16 (autocast)': (dict(), True, (64, 128)),
+                      (dict(num_inference_steps=10, guidance_interval=(0., math.inf)), False, UNET_NFS),
+                  'the default in bfloat16 (autocast)': (dict(), True, UNET_NFS),
                   'the default, a slimmer U-Net': (dict(), False, (48, 96)),
                   'the default, a slimmer U-Net still': (dict(), False, (32, 64))}
 
