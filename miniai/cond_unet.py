@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['UNET_NFS', 'encode_latents', 'text_condition', 'CondUNet', 'caption_dropout', 'CondDiffusionCB', 'latent_dls',
-           'train_cond_unet', 'CondKarrasDenoiser', 'cfg_combine', 'GuidedDenoiser', 'noise_latents', 'decode_latents',
-           'generate', 'trained_cond_unet']
+           'train_cond_unet', 'EMACB', 'CondKarrasDenoiser', 'cfg_combine', 'GuidedDenoiser', 'noise_latents',
+           'decode_latents', 'generate', 'trained_cond_unet']
 
 # %% ../nbs/25_cond_unet.ipynb #c99962a5
 import json, math, time
@@ -217,6 +217,28 @@ def train_cond_unet(model:CondUNet, # the network
     learn.fit(epochs, valid=False)
     return learn
 
+# %% ../nbs/25_cond_unet.ipynb #229cc21a
+class EMACB(Callback):
+    ("Keeps an exponential moving average of the model's parameters, updated after every training step "
+     "with decay `min(decay, (1+n)/(10+n))` at step `n`, and copies it into the model when the fit ends "
+     "(buffers stay as trained).")
+    def __init__(self, decay:float=0.999): # the average's decay per step, in [0, 1): it remembers about 1/(1-decay) steps
+        if not 0 <= decay < 1:
+            raise ValueError(f'decay must be in [0, 1), got {decay}: 0.999 averages over about the last 1,000 steps')
+        self.decay = decay
+    def before_fit(self, learn):
+        self.n, self.params = 0, list(learn.model.parameters())
+        self.average = [p.detach().clone() for p in self.params]
+    def after_batch(self, learn):
+        if not learn.training: return
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        with torch.no_grad():
+            for a, p in zip(self.average, self.params): a.lerp_(p, 1 - d)
+    def after_fit(self, learn):
+        with torch.no_grad():
+            for a, p in zip(self.average, self.params): p.copy_(a)
+
 # %% ../nbs/25_cond_unet.ipynb #9c0ef928
 class CondKarrasDenoiser(KarrasDenoiser):
     ("Lesson 20's `KarrasDenoiser` with a condition: "
@@ -345,12 +367,14 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       # caption dropout rate, if it has to train (1: every caption dropped, an unconditional model)
                       p_uncond:float=0.15,
                       nfs:tuple=UNET_NFS, # the U-Net's channels at each level (`CondUNet`'s `nfs`)
+                      # decay of the weights' moving average kept instead of the last weights (`EMACB`); None: the last
+                      ema:float|None=None,
                       folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
     ("This lesson's `(CondKarrasDenoiser, record)`: loaded from `folder`, or trained there with `train_cond_unet` "
      "(seed 1, `sigma_data` the latents' root mean square) by `load_or_train` when missing; "
-     "a saved model is used only with the latent scale and the CLIP model (by `state_digest`) it was trained with.")
+     "a saved model is used only with the latent scale, the CLIP model (by `state_digest`) and the `ema` it was trained with.")
     if folder is None and captions is None:
         raise ValueError('captions are needed to name the default folder (their p_omit is part of it): '
                          'pass them, or pass folder')
@@ -358,7 +382,8 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
         if captions is None: raise ValueError(f'no saved model in {Path(folder).name}, and no captions to train one with')
         sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
         learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr,
-                                p_uncond, sigma_data=sigma_data, generator=torch.Generator().manual_seed(1))
+                                p_uncond, sigma_data=sigma_data, generator=torch.Generator().manual_seed(1),
+                                cbs=[EMACB(ema)] if ema is not None else [])
         return dict(sigma_data=sigma_data, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit,
                     p_uncond=p_uncond, n_train=len(latents), steps=len(learn.log.losses), seconds=learn.log.seconds,
                     losses=learn.log.losses)
@@ -367,7 +392,8 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
         # the default model's name as before: only other settings are added to it
         if p_uncond != 0.15: folder = folder.with_name(f'{folder.name}_uncond{p_uncond:g}')
         if tuple(nfs) != UNET_NFS: folder = folder.with_name(f"{folder.name}_nfs{'-'.join(map(str, nfs))}")
+        if ema is not None: folder = folder.with_name(f'{folder.name}_ema{ema:g}')
     config = dict(nfs=tuple(nfs), d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
     model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose,
-                                  expect=dict(latent_scale=scale, clip_digest=state_digest(clip)))
+                                  expect=dict(latent_scale=scale, clip_digest=state_digest(clip), ema=ema))
     return CondKarrasDenoiser(model, record['sigma_data']), record

@@ -9,7 +9,7 @@ from miniai.karras import noisify_karras
 from miniai.text import caption_tokenizer, FashionCaptions
 from miniai.unet import UNet
 from miniai.cond_unet import (CondUNet, text_condition, caption_dropout, CondDiffusionCB, latent_dls, train_cond_unet, CondKarrasDenoiser,
-                              cfg_combine, GuidedDenoiser, generate, encode_latents, trained_cond_unet)
+                              cfg_combine, GuidedDenoiser, generate, encode_latents, trained_cond_unet, EMACB)
 from miniai.vae import VAE
 
 D = 16   # token width of the small test models
@@ -248,6 +248,49 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
     lat = torch.randn(32, 4, 8, 8, generator=g)
     _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32, verbose=False)
     assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32'/'model.safetensors').is_file()
+    _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32,
+                               ema=0.99, verbose=False)
+    assert rec['ema'] == 0.99 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32_ema0.99'/'model.safetensors').is_file()
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0., 0.9999), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_ema_matches_pytorchs_averaged_model(decay, steps, seed):
+    "EMACB's average equals torch.optim.swa_utils.AveragedModel given the same warmed-up decay (updated once before step 1)."
+    from types import SimpleNamespace
+    from torch.optim.swa_utils import AveragedModel
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    cb, learn = EMACB(decay), SimpleNamespace(model=net, training=True)
+    ref = AveragedModel(net, avg_fn=lambda a, p, n: a + (p - a) * (1 - min(decay, (1 + n) / (10 + n))))
+    cb.before_fit(learn); ref.update_parameters(net)
+    for _ in range(steps):
+        with torch.no_grad():
+            for p in net.parameters(): p.add_(torch.randn(p.shape, generator=g))
+        cb.after_batch(learn); ref.update_parameters(net)
+        learn.training = False; cb.after_batch(learn); learn.training = True   # validation batches leave it alone
+    buffers = [b.clone() for b in net.buffers()]
+    cb.after_fit(learn)
+    for p, q in zip(net.parameters(), ref.module.parameters()): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    for b, c in zip(net.buffers(), buffers): assert torch.equal(b, c)   # buffers stay as trained
+    assert cb.n == steps
+
+@pytest.mark.parametrize('decay', [1., -0.1, 1.5])
+def test_ema_refuses_a_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match=r'decay must be in \[0, 1\)'): EMACB(decay)
+
+def test_ema_in_training_saves_the_average(clip_tok, tmp_path):
+    "Trained with ema, the saved U-Net is the average of its weights (differs from the same run without), and loads only with it."
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g), torch.arange(64) % 10
+    lat, caps = torch.randn(64, 4, 8, 8, generator=g), FashionCaptions(images, labels)
+    kw = dict(epochs=2, batch_size=16, nfs=(8, 16), verbose=False)
+    last, _ = trained_cond_unet(lat, caps, clip, tok, 1.5, folder=tmp_path/'last', **kw)
+    avg, rec = trained_cond_unet(lat, caps, clip, tok, 1.5, ema=0.5, folder=tmp_path/'avg', **kw)
+    assert rec['ema'] == 0.5 and rec['steps'] == 8
+    assert any(not torch.equal(p, q) for p, q in zip(last.model.parameters(), avg.model.parameters()))
+    with pytest.raises(ValueError, match='ema is 0.5 there, not None'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, folder=tmp_path/'avg', **kw)
 
 @pytest.mark.parametrize('bs', [0, 2.5, '4'])
 def test_latent_dls_refuses_a_bad_batch_size(bs):
