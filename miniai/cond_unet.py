@@ -219,9 +219,9 @@ def train_cond_unet(model:CondUNet, # the network
 
 # %% ../nbs/25_cond_unet.ipynb #229cc21a
 class EMACB(Callback):
-    ("Keeps an exponential moving average of the model's parameters, updated after every training step "
-     "with decay `min(decay, (1+n)/(10+n))` at step `n`, and copies it into the model when the fit ends "
-     "(buffers stay as trained).")
+    ("Keeps an exponential moving average of the model's parameters, updated after every training step `n` "
+     "with decay `min(decay, 1 - 1/n)` (the plain mean of the weights so far, until the window is full), "
+     "and copies it into the model when the fit ends (buffers stay as trained).")
     def __init__(self, decay:float=0.999): # the average's decay per step, in [0, 1): it remembers about 1/(1-decay) steps
         if not 0 <= decay < 1:
             raise ValueError(f'decay must be in [0, 1), got {decay}: 0.999 averages over about the last 1,000 steps')
@@ -232,7 +232,7 @@ class EMACB(Callback):
     def after_batch(self, learn):
         if not learn.training: return
         self.n += 1
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        d = min(self.decay, 1 - 1 / self.n)   # 0 at the first step: the average starts at its weights
         with torch.no_grad():
             for a, p in zip(self.average, self.params): a.lerp_(p, 1 - d)
     def after_fit(self, learn):

@@ -252,27 +252,42 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
                                ema=0.99, verbose=False)
     assert rec['ema'] == 0.99 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32_ema0.99'/'model.safetensors').is_file()
 
-@settings(max_examples=25, deadline=None)
-@given(st.floats(0., 0.9999), st.integers(1, 40), st.integers(0, 2**31 - 1))
-def test_ema_matches_pytorchs_averaged_model(decay, steps, seed):
-    "EMACB's average equals torch.optim.swa_utils.AveragedModel given the same warmed-up decay (updated once before step 1)."
+def walk_with_ema(decay, steps, seed, net, also=None):
+    "Move `net`'s parameters `steps` random steps, updating an `EMACB` (and `also(net)`) after each; return the callback."
     from types import SimpleNamespace
-    from torch.optim.swa_utils import AveragedModel
     g = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     cb, learn = EMACB(decay), SimpleNamespace(model=net, training=True)
-    ref = AveragedModel(net, avg_fn=lambda a, p, n: a + (p - a) * (1 - min(decay, (1 + n) / (10 + n))))
-    cb.before_fit(learn); ref.update_parameters(net)
+    cb.before_fit(learn)
     for _ in range(steps):
         with torch.no_grad():
             for p in net.parameters(): p.add_(torch.randn(p.shape, generator=g))
-        cb.after_batch(learn); ref.update_parameters(net)
+        cb.after_batch(learn)
+        if also: also(net)
         learn.training = False; cb.after_batch(learn); learn.training = True   # validation batches leave it alone
+    return cb
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0., 0.99), st.integers(1, 150), st.integers(0, 2**31 - 1))
+def test_ema_matches_pytorchs_averaged_model(decay, steps, seed):
+    "EMACB's average equals torch.optim.swa_utils.AveragedModel given the new weights' share max(1 - decay, 1/(n+1))."
+    from torch.optim.swa_utils import AveragedModel
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ref = AveragedModel(net, avg_fn=lambda a, p, n: a + (p - a) * max(1 - decay, 1 / (n + 1)))
+    cb = walk_with_ema(decay, steps, seed, net, also=ref.update_parameters)
     buffers = [b.clone() for b in net.buffers()]
-    cb.after_fit(learn)
+    cb.after_fit(type('L', (), {})())
     for p, q in zip(net.parameters(), ref.module.parameters()): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
     for b, c in zip(net.buffers(), buffers): assert torch.equal(b, c)   # buffers stay as trained
     assert cb.n == steps
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.5, 0.999), st.integers(0, 2**31 - 1))
+def test_ema_is_the_plain_mean_until_the_window_fills(decay, seed):
+    "Until 1/(1-decay) steps the average is the mean of the weights after each step (the initial weights left out)."
+    steps = max(1, int(1 / (1 - decay)) - 1)
+    net, seen = nn.Linear(2, 3), []
+    cb = walk_with_ema(decay, steps, seed, net, also=lambda m: seen.append([p.detach().clone() for p in m.parameters()]))
+    for a, *ps in zip(cb.average, *seen): torch.testing.assert_close(a, torch.stack(ps).mean(0), rtol=1e-4, atol=1e-4)
 
 @pytest.mark.parametrize('decay', [1., -0.1, 1.5])
 def test_ema_refuses_a_decay_outside_0_1(decay):
