@@ -5,11 +5,12 @@ from torch import nn
 from hypothesis import given, settings, strategies as st
 from miniai.attention import CrossAttention2d
 from miniai.clip import CLIPModel
-from miniai.karras import noisify_karras
+from miniai.karras import noisify_karras, karras_scalings
 from miniai.text import caption_tokenizer, FashionCaptions
 from miniai.unet import UNet
 from miniai.cond_unet import (CondUNet, text_condition, caption_dropout, CondDiffusionCB, latent_dls, train_cond_unet, CondKarrasDenoiser,
-                              cfg_combine, GuidedDenoiser, generate, encode_latents, trained_cond_unet, EMACB)
+                              cfg_combine, GuidedDenoiser, generate, encode_latents, trained_cond_unet, EMACB,
+                              min_snr_weight, diffusion_mse)
 from miniai.vae import VAE
 
 D = 16   # token width of the small test models
@@ -306,6 +307,78 @@ def test_ema_in_training_saves_the_average(clip_tok, tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(last.model.parameters(), avg.model.parameters()))
     with pytest.raises(ValueError, match='ema is 0.5 there, not None'):
         trained_cond_unet(lat, None, clip, tok, 1.5, folder=tmp_path/'avg', **kw)
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.3, 3.), st.floats(0.5, 20.), st.floats(-2., 1.), st.integers(0, 2**31 - 1))
+def test_min_snr_weight_is_the_papers_weight_on_the_denoised_latents(sigma_data, gamma, p_mean, seed):
+    "Weighted by min_snr_weight, F's loss per image is min(SNR, gamma) |D - x0|^2 / sigma_data^2 (Hang et al.), SNR = sigma_data^2/sigma^2."
+    g = torch.Generator().manual_seed(seed)
+    x0 = sigma_data * torch.randn(16, 4, 8, 8, generator=g)
+    (x_in, c_noise), target = noisify_karras(x0, sigma_data, p_mean, 1.2, g)
+    sigma = (4 * c_noise).exp()
+    f = torch.randn(x0.shape, generator=g)
+    c_skip, c_out, c_in, _ = (c[:, None, None, None] for c in karras_scalings(sigma, sigma_data))
+    d = c_skip * (x_in / c_in) + c_out * f   # the denoiser's output for the network output f
+    snr = sigma_data ** 2 / sigma ** 2
+    w = min_snr_weight(sigma, sigma_data, gamma)
+    for i in range(len(x0)):
+        on_f = diffusion_mse(f[i:i + 1], target[i:i + 1], w[i:i + 1])
+        on_d = torch.minimum(snr[i], torch.tensor(gamma)) * (d[i] - x0[i]).pow(2).mean() / sigma_data ** 2
+        torch.testing.assert_close(on_f, on_d, rtol=1e-3, atol=1e-6)
+    assert (w > 0).all() and (w < 1).all() and w.shape == (16,)
+
+def test_diffusion_mse_and_min_snr_weight_edges():
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(5, 3, 2, generator=g), torch.randn(5, 3, 2, generator=g)
+    assert torch.equal(diffusion_mse(p, t), torch.nn.functional.mse_loss(p, t))
+    torch.testing.assert_close(diffusion_mse(p, t, torch.ones(5)), torch.nn.functional.mse_loss(p, t))
+    torch.testing.assert_close(diffusion_mse(p, t, torch.tensor([1., 0, 0, 0, 0])), (p[0] - t[0]).pow(2).mean() / 5)
+    for bad in (torch.ones(4), torch.ones(5, 1), torch.ones(())):
+        with pytest.raises(ValueError, match='one weight per image'): diffusion_mse(p, t, bad)
+    for gamma in (0., -1.):
+        with pytest.raises(ValueError, match='gamma must be positive'): min_snr_weight(torch.ones(3), 1., gamma)
+    with pytest.raises(ValueError, match='noise levels must be positive'): min_snr_weight(torch.tensor([1., 0.]), 1., 5.)
+    torch.testing.assert_close(min_snr_weight(torch.tensor([1.]), 2., 5.), torch.tensor([4 / 5]))   # SNR 4 under the cap
+    torch.testing.assert_close(min_snr_weight(torch.tensor([0.5]), 2., 5.), torch.tensor([5 / 17]))   # SNR 16, capped at 5
+
+def test_callback_appends_min_snr_weights(clip_tok):
+    "With min_snr the batch gains a seventh item, each image's weight at its noise level; the first six are as without."
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8, generator=g), torch.arange(30) % 10
+    lat, caps = torch.randn(30, 4, 8, 8, generator=g), FashionCaptions(images, labels)
+    batches = []
+    for min_snr in (None, 5.):
+        learn = type('L', (), {})(); learn.batch = (lat[:8], torch.arange(8))
+        CondDiffusionCB(clip, tok, caps, sigma_data=1.3, min_snr=min_snr, generator=torch.Generator().manual_seed(2)).before_batch(learn)
+        batches.append(learn.batch)
+    plain, weighted = batches
+    assert len(plain) == 6 and len(weighted) == 7
+    for a, b in zip(plain, weighted): assert torch.equal(a, b)
+    torch.testing.assert_close(weighted[6], min_snr_weight((4 * plain[1]).exp(), 1.3, 5.))
+
+def test_p_mean_and_min_snr_train_other_models_and_are_kept(clip_tok, tmp_path, monkeypatch):
+    "p_mean and min_snr change training, name the default folder, are kept in the record, and a U-Net loads only with its own."
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
+    clip, tok = clip_tok
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
+    lat, caps = torch.randn(32, 4, 8, 8, generator=g), FashionCaptions(images, labels, p_omit=0.5)
+    kw = dict(epochs=1, batch_size=16, nfs=(8, 16), verbose=False)
+    _, plain = trained_cond_unet(lat, caps, clip, tok, 1.5, **kw)
+    _, shifted = trained_cond_unet(lat, caps, clip, tok, 1.5, p_mean=0., **kw)
+    _, weighted = trained_cond_unet(lat, caps, clip, tok, 1.5, min_snr=5., **kw)
+    assert plain['p_mean'] == -0.5 and plain['min_snr'] is None
+    assert shifted['p_mean'] == 0. and weighted['min_snr'] == 5.
+    assert plain['losses'] != shifted['losses'] and plain['losses'] != weighted['losses']
+    models = tmp_path/'models'
+    for name in ('', '_pmean0', '_minsnr5'): assert (models/f'cond_unet_e1_b16_lr0.002_omit0.5_n32_nfs8-16{name}'/'model.safetensors').is_file()
+    with pytest.raises(ValueError, match='p_mean is 0.0 there, not -0.5'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, folder=models/'cond_unet_e1_b16_lr0.002_omit0.5_n32_nfs8-16_pmean0', **kw)
+    with pytest.raises(ValueError, match='min_snr is 5.0 there, not None'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, folder=models/'cond_unet_e1_b16_lr0.002_omit0.5_n32_nfs8-16_minsnr5', **kw)
+    with pytest.raises(ValueError, match='p_mean is -0.5 there, not 0.0'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, p_mean=0., folder=models/'cond_unet_e1_b16_lr0.002_omit0.5_n32_nfs8-16', **kw)
 
 @pytest.mark.parametrize('bs', [0, 2.5, '4'])
 def test_latent_dls_refuses_a_bad_batch_size(bs):
