@@ -31,6 +31,12 @@ def cond(n, L, seed=0, n_real=None):
     mask = torch.ones(n, L, dtype=torch.bool) if n_real is None else torch.arange(L)[None] < torch.as_tensor(n_real)[:, None]
     return context, mask, pooled
 
+def random_set(n, seed=0):
+    "`n` random 28x28 images, labels cycling through the ten classes, and random latents [n, 4, 8, 8]."
+    g = torch.Generator().manual_seed(seed)
+    images, labels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g), torch.arange(n) % 10
+    return images, labels, torch.randn(n, 4, 8, 8, generator=g)
+
 @pytest.fixture(scope='module')
 def clip_tok():
     tok = caption_tokenizer()
@@ -244,9 +250,7 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
     "The default file name records p_omit, so a model trained on other captions is not loaded by mistake."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     clip, tok = clip_tok
-    g = torch.Generator().manual_seed(0)
-    images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
-    lat = torch.randn(32, 4, 8, 8, generator=g)
+    images, labels, lat = random_set(32)
     _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32, verbose=False)
     assert rec['p_omit'] == 0.5 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32'/'model.safetensors').is_file()
     _, rec = trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1, batch_size=32,
@@ -344,9 +348,8 @@ def test_diffusion_mse_and_min_snr_weight_edges():
 def test_callback_appends_min_snr_weights(clip_tok):
     "With min_snr the batch gains a seventh item, each image's weight at its noise level; the first six are as without."
     clip, tok = clip_tok
-    g = torch.Generator().manual_seed(0)
-    images, labels = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8, generator=g), torch.arange(30) % 10
-    lat, caps = torch.randn(30, 4, 8, 8, generator=g), FashionCaptions(images, labels)
+    images, labels, lat = random_set(30)
+    caps = FashionCaptions(images, labels)
     batches = []
     for min_snr in (None, 5.):
         learn = type('L', (), {})(); learn.batch = (lat[:8], torch.arange(8))
@@ -361,9 +364,8 @@ def test_p_mean_and_min_snr_train_other_models_and_are_kept(clip_tok, tmp_path, 
     "p_mean and min_snr change training, name the default folder, are kept in the record, and a U-Net loads only with its own."
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
     clip, tok = clip_tok
-    g = torch.Generator().manual_seed(0)
-    images, labels = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.arange(32) % 10
-    lat, caps = torch.randn(32, 4, 8, 8, generator=g), FashionCaptions(images, labels, p_omit=0.5)
+    images, labels, lat = random_set(32)
+    caps = FashionCaptions(images, labels, p_omit=0.5)
     kw = dict(epochs=1, batch_size=16, nfs=(8, 16), verbose=False)
     _, plain = trained_cond_unet(lat, caps, clip, tok, 1.5, **kw)
     _, shifted = trained_cond_unet(lat, caps, clip, tok, 1.5, p_mean=0., **kw)
