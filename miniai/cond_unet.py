@@ -403,12 +403,13 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
                       ema:float|None=None,
                       p_mean:float=LATENT_P_MEAN, # mean of the training noise levels' log(sigma), if it has to train
                       min_snr:float|None=None, # gamma of the min-SNR loss weight, if it has to train (None: none)
+                      seed:int=1, # seeds the weights, the batches' order, the captions and the noise, if it has to train
                       folder:str|Path|None=None, # the model's folder (default: in `models_dir()`, named after the settings)
                       verbose:bool=True, # say where the model came from
                      )->tuple:
     ("This lesson's `(CondKarrasDenoiser, record)`: loaded from `folder`, or trained there with `train_cond_unet` "
-     "(seed 1, `sigma_data` the latents' root mean square) by `load_or_train` when missing; "
-     "a saved model is used only with the latent scale, the CLIP model (by `state_digest`), the `ema`, `p_mean` and `min_snr` "
+     "(from `seed`, `sigma_data` the latents' root mean square) by `load_or_train` when missing; a saved model is used "
+     "only with the latent scale, the CLIP model (by `state_digest`), the `ema`, `p_mean`, `min_snr` and `seed` "
      "it was trained with.")
     if folder is None and captions is None:
         raise ValueError('captions are needed to name the default folder (their p_omit is part of it): '
@@ -418,10 +419,10 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
         sigma_data = latents.pow(2).mean().sqrt().item()   # Karras' sigma_data is the root mean square (lesson 20)
         learn = train_cond_unet(model, latent_dls(latents, batch_size), clip, tokenizer, captions, epochs, lr,
                                 p_uncond, sigma_data=sigma_data, p_mean=p_mean, min_snr=min_snr,
-                                generator=torch.Generator().manual_seed(1),
+                                generator=torch.Generator().manual_seed(seed),
                                 cbs=[EMACB(ema)] if ema is not None else [])
         return dict(sigma_data=sigma_data, epochs=epochs, batch_size=batch_size, lr=lr, p_omit=captions.p_omit,
-                    p_uncond=p_uncond, p_mean=p_mean, n_train=len(latents), steps=len(learn.log.losses),
+                    p_uncond=p_uncond, p_mean=p_mean, seed=seed, n_train=len(latents), steps=len(learn.log.losses),
                     seconds=learn.log.seconds, losses=learn.log.losses)
     if folder is None:
         folder = models_dir()/f'cond_unet_e{epochs}_b{batch_size}_lr{lr:g}_omit{captions.p_omit:g}_n{len(latents)}'
@@ -431,10 +432,14 @@ def trained_cond_unet(latents:torch.Tensor, # cached training latents [n, 4, 8, 
         if ema is not None: folder = folder.with_name(f'{folder.name}_ema{ema:g}')
         if p_mean != LATENT_P_MEAN: folder = folder.with_name(f'{folder.name}_pmean{p_mean:g}')
         if min_snr is not None: folder = folder.with_name(f'{folder.name}_minsnr{min_snr:g}')
+        if seed != 1: folder = folder.with_name(f'{folder.name}_seed{seed}')
     config = dict(nfs=tuple(nfs), d_context=clip.text_encoder.norm.normalized_shape[0], d_pooled=clip.text_proj.out_features)
-    model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose,
+    model, record = load_or_train(folder, CondUNet, config, fit, 'the conditioned U-Net', verbose=verbose, seed=seed,
                                   expect=dict(latent_scale=scale, clip_digest=state_digest(clip), ema=ema, min_snr=min_snr))
     if not math.isclose(record.get('p_mean', -0.5), p_mean):   # records without one were trained at -0.5
         raise ValueError(f"{Path(folder).name} holds the conditioned U-Net of other settings: p_mean is "
                          f"{record['p_mean']} there, not {p_mean}: delete the folder {Path(folder).name} to train again")
+    if record.get('seed', 1) != seed:   # records without one were trained from seed 1
+        raise ValueError(f"{Path(folder).name} holds the conditioned U-Net of other settings: seed is "
+                         f"{record.get('seed', 1)} there, not {seed}: delete the folder {Path(folder).name} to train again")
     return CondKarrasDenoiser(model, record['sigma_data']), record

@@ -257,6 +257,31 @@ def test_trained_cond_unet_default_file_names_the_caption_policy(clip_tok, tmp_p
                                ema=0.99, verbose=False)
     assert rec['ema'] == 0.99 and (tmp_path/'models'/'cond_unet_e1_b32_lr0.002_omit0.5_n32_ema0.99'/'model.safetensors').is_file()
 
+def test_trained_cond_unet_seed_names_trains_and_guards(clip_tok, tmp_path, monkeypatch):
+    "A `seed` other than 1 goes in the default folder's name and the record; the same seed trains the same weights."
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path))
+    clip, tok = clip_tok
+    images, labels, lat = random_set(32)
+    fit = lambda **kw: trained_cond_unet(lat, FashionCaptions(images, labels, p_omit=0.5), clip, tok, 1.5, epochs=1,
+                                         batch_size=16, verbose=False, **kw)
+    one, rec1 = fit()
+    two, rec2 = fit(seed=2)
+    again, _ = fit(seed=2, folder=tmp_path/'again')
+    assert (rec1['seed'], rec2['seed']) == (1, 2)
+    models = tmp_path/'models'
+    assert (models/'cond_unet_e1_b16_lr0.002_omit0.5_n32'/'model.safetensors').is_file()
+    assert (models/'cond_unet_e1_b16_lr0.002_omit0.5_n32_seed2'/'model.safetensors').is_file()
+    for a, b in zip(two.model.state_dict().values(), again.model.state_dict().values()): assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values()))
+    with pytest.raises(ValueError, match='seed is 1 there, not 2'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, seed=2, folder=models/'cond_unet_e1_b16_lr0.002_omit0.5_n32', verbose=False)
+    record = json.loads((tmp_path/'again'/'config.json').read_text())
+    del record['record']['seed']   # a record saved before seeds were recorded: trained from seed 1
+    (tmp_path/'again'/'config.json').write_text(json.dumps(record))
+    with pytest.raises(ValueError, match='seed is 1 there, not 2'):
+        trained_cond_unet(lat, None, clip, tok, 1.5, seed=2, folder=tmp_path/'again', verbose=False)
+    assert trained_cond_unet(lat, None, clip, tok, 1.5, folder=tmp_path/'again', verbose=False)[1].get('seed', 1) == 1
+
 def walk_with_ema(decay, steps, seed, net, also=None):
     "Move `net`'s parameters `steps` random steps, updating an `EMACB` (and `also(net)`) after each; return the callback."
     from types import SimpleNamespace
